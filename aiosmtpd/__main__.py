@@ -1,0 +1,4 @@
+from aiosmtpd.main import main
+
+if __name__ == "__main__":  # pragma: no branch
+    main()
