@@ -1,0 +1,369 @@
+"""AUTH: result types, the mechanism registry, PLAIN and LOGIN, log redaction.
+
+``SMTP`` inherits :class:`AuthMixin`; the ``AUTH`` command itself
+(``smtp_AUTH``) lives in ``smtp.py`` with the other commands.  The pure
+pieces (base64 rules, redaction) have no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+import warnings
+from collections.abc import Awaitable, Iterable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    NamedTuple,
+    Optional,
+    TypeVar,
+    Union,
+)
+
+import attr
+
+from aiosmtpd._hooks import MISSING, _Missing, syntax
+
+if TYPE_CHECKING:  # pragma: no cover
+    from aiosmtpd.smtp import SMTP, Envelope, Session
+
+log = logging.getLogger("mail.log")
+
+RT = TypeVar("RT")
+
+
+class LoginPassword(NamedTuple):
+    login: bytes
+    password: bytes
+
+    def __str__(self) -> str:
+        # Never show the password; never raise (a non-UTF-8 login made
+        # upstream's repr raise, smtp.md 3.3).
+        login = self.login.decode("utf-8", errors="backslashreplace")
+        return f"LoginPassword(login='{login}', password=...)"
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+@attr.s(auto_attribs=True, kw_only=True, eq=True, repr=False)
+class AuthResult:
+    """What an AUTH mechanism or an ``authenticator`` returns."""
+
+    success: bool
+    handled: bool = True
+    message: Optional[str] = None
+    auth_data: Any = None
+
+    def __repr__(self) -> str:
+        # auth_data may hold credentials: never show it.
+        return (
+            f"AuthResult(success={self.success!r}, handled={self.handled!r}, "
+            f"message={self.message!r}, auth_data=...)"
+        )
+
+
+AuthCallbackType = Callable[[str, bytes, bytes], bool]
+AuthenticatorType = Callable[["SMTP", "Session", "Envelope", str, Any], AuthResult]
+AuthMechanismType = Callable[["SMTP", list[str]], Awaitable[Any]]
+
+
+def login_always_fail(mechanism: str, login: bytes, password: bytes) -> bool:
+    """The default ``auth_callback``: AUTH is always on, and always fails."""
+    return False
+
+
+_VALID_AUTHMECH = re.compile(r"[A-Z0-9_-]+\Z")
+
+
+def auth_mechanism(
+    actual_name: str,
+) -> Callable[[Callable[..., RT]], Callable[..., RT]]:
+    """Give an ``auth_<name>`` method an AUTH mechanism name of its own."""
+    name = actual_name.upper()
+    if not _VALID_AUTHMECH.match(name):
+        raise ValueError(f"Invalid AUTH mechanism name: {name}")
+
+    def decorator(f: Callable[..., RT]) -> Callable[..., RT]:
+        f.__auth_mechanism_name__ = name  # type: ignore[attr-defined]
+        return f
+
+    return decorator
+
+
+_CLIENT_AUTH = re.compile(
+    rb"(?P<prefix>\s*AUTH\s+\S+[ \t]+)(?P<param>\S+)(?P<crlf>\r\n)?", re.IGNORECASE
+)
+
+
+def sanitize(text: bytes) -> bytes:
+    """Mask the initial response of an ``AUTH <mechanism> <response>`` line."""
+    m = _CLIENT_AUTH.match(text)
+    if m is None:
+        return text
+    return m.group("prefix") + b"********" + (m.group("crlf") or b"")
+
+
+def sanitized_log(func: Callable[..., Any], msg: str, *args: Any, **kwargs: Any) -> None:
+    """Call a logging function with every ``bytes`` argument sanitized."""
+    func(msg, *(sanitize(a) if isinstance(a, bytes) else a for a in args), **kwargs)
+
+
+_STRICT_B64 = re.compile(
+    rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?\Z"
+)
+
+
+def decode_b64(blob: Union[str, bytes]) -> bytes:
+    """Decode an AUTH response strictly; a lone ``=`` is the empty response.
+
+    RFC 4954 section 4 defines ``=`` as an empty response; CPython 3.11 made
+    validating base64 decoding reject it, so upstream's behaviour depended on
+    the Python version (auth-tls 4.1).  Raises :class:`binascii.Error`.
+    """
+    if isinstance(blob, str):
+        blob = blob.encode("ascii", errors="replace")
+    if blob == b"=":
+        return b""
+    if not _STRICT_B64.match(blob):
+        raise binascii.Error("Invalid base64")
+    return base64.b64decode(blob, validate=True)
+
+
+class AuthMixin:
+    """The AUTH state and mechanisms of an ``SMTP`` connection."""
+
+    if TYPE_CHECKING:  # pragma: no cover - provided by SMTP
+        session: Optional[Session]
+        envelope: Optional[Envelope]
+        AuthLoginUsernameChallenge: str
+        AuthLoginPasswordChallenge: str
+        _tls_active: bool
+
+        async def push(self, status: Union[str, bytes]) -> None: ...
+        async def _readline(self) -> Optional[bytes]: ...
+        def _reset_timeout(self) -> None: ...
+        async def check_helo_needed(self, helo: str = "HELO") -> bool: ...
+        async def _call_handler_hook(self, command: str, *args: Any) -> Any: ...
+
+    def _init_auth(
+        self,
+        handler: Any,
+        *,
+        auth_required: bool,
+        auth_require_tls: bool,
+        auth_exclude_mechanism: Optional[Iterable[str]],
+        auth_callback: Optional[AuthCallbackType],
+        authenticator: Optional[AuthenticatorType],
+    ) -> None:
+        from aiosmtpd.smtp import _names_with_prefix
+
+        self._auth_required = auth_required
+        self._auth_require_tls = auth_require_tls
+        self._authenticator = authenticator
+        self._auth_callback = auth_callback or login_always_fail
+        # Mechanism name -> (method, is_builtin); handler entries come second
+        # so a handler's auth_PLAIN replaces the built-in one.
+        self._auth_methods: dict[str, tuple[Callable[..., Awaitable[Any]], bool]] = {}
+        for obj, builtin in ((self, True), (handler, False)):
+            for name in _names_with_prefix(obj, "auth_"):
+                member = getattr(obj, name)
+                mechanism = getattr(member, "__auth_mechanism_name__", None)
+                if mechanism is None:
+                    mechanism = name[5:].replace("__", "-")
+                self._auth_methods[mechanism] = (member, builtin)
+        for mechanism in auth_exclude_mechanism or ():
+            self._auth_methods.pop(mechanism, None)
+        log.info(
+            "Available AUTH mechanisms: %s",
+            " ".join(
+                f"{m}(builtin)" if builtin else m
+                for m, (_, builtin) in sorted(self._auth_methods.items())
+            ),
+        )
+
+    def _auth_advertised(self) -> bool:
+        # Decision (smtp.md 8.2): no "250-AUTH " line with an empty registry.
+        return bool(self._auth_methods) and (
+            not self._auth_require_tls or self._tls_active
+        )
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        if self._authenticator is not None:
+            return self._authenticator(
+                self,  # type: ignore[arg-type]
+                self.session,  # type: ignore[arg-type]
+                self.envelope,  # type: ignore[arg-type]
+                mechanism,
+                auth_data,
+            )
+        assert isinstance(auth_data, LoginPassword)
+        if self._auth_callback(mechanism, *auth_data):
+            return AuthResult(success=True, handled=True, auth_data=auth_data)
+        return AuthResult(success=False, handled=False)
+
+    async def challenge_auth(
+        self,
+        challenge: Union[str, bytes],
+        encode_to_b64: bool = True,
+        log_client_response: bool = False,
+    ) -> Union[_Missing, bytes]:
+        """Send a ``334`` challenge; return the decoded response or MISSING."""
+        peer = self.session.peer if self.session else None
+        if isinstance(challenge, str):
+            challenge = challenge.encode()
+        if encode_to_b64:
+            challenge = base64.b64encode(challenge)
+        log.debug("%r << challenge: %r", peer, challenge)
+        await self.push(b"334 " + challenge)
+        line = await self._readline()
+        if line is None:
+            # The text asyncio's stream reader used (replies.md, AUTH table).
+            raise ValueError("Separator is found, but chunk is longer than limit")
+        # Decision (smtp.md 7.5): an answering client is not idle.
+        self._reset_timeout()
+        if log_client_response:
+            warnings.warn("AUTH interaction logging is enabled!", stacklevel=2)
+            warnings.warn("Sensitive information might be leaked!", stacklevel=2)
+            log.debug("%r >> %r", peer, line)
+        blob = line.strip()
+        if blob == b"*":
+            log.warning("%r aborted AUTH with '*'", peer)
+            await self.push("501 5.7.0 Auth aborted")
+            return MISSING
+        try:
+            return decode_b64(blob)
+        except binascii.Error:
+            # Decision (auth-tls 8): the blob may be a mistyped secret.
+            log.debug("%r can't decode base64", peer)
+            await self.push("501 5.5.2 Can't decode base64")
+            return MISSING
+
+    async def _auth_interact(self, server_message: Union[str, bytes]) -> Union[_Missing, bytes]:
+        warnings.warn(
+            "_auth_interact will be deprecated in version 2.0. "
+            "Please use challenge_auth() instead.",
+            DeprecationWarning, stacklevel=2,
+        )
+        if isinstance(server_message, bytes):
+            server_message = server_message.decode()
+        if server_message.startswith("334 "):
+            server_message = server_message[4:]
+        return await self.challenge_auth(challenge=server_message, encode_to_b64=False)
+
+    async def _decode_initial_response(self, blob: str) -> Union[_Missing, bytes]:
+        try:
+            return decode_b64(blob)
+        except binascii.Error:
+            await self.push("501 5.5.2 Can't decode base64")
+            return MISSING
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            response = await self.challenge_auth("")
+        else:
+            response = await self._decode_initial_response(args[1])
+        if response is MISSING:
+            return AuthResult(success=False)
+        assert isinstance(response, bytes)
+        parts = response.split(b"\x00")
+        if len(parts) != 3:
+            await self.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False)
+        # The authorization identity (parts[0]) is ignored, as upstream.
+        return self._authenticate("PLAIN", LoginPassword(parts[1], parts[2]))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+        else:
+            login = await self._decode_initial_response(args[1])
+        if login is MISSING:
+            return AuthResult(success=False)
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if password is MISSING:
+            return AuthResult(success=False)
+        assert isinstance(login, bytes) and isinstance(password, bytes)
+        return self._authenticate("LOGIN", LoginPassword(login, password))
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: Optional[str]) -> None:
+        if await self.check_helo_needed("EHLO"):
+            return
+        assert self.session is not None and self.envelope is not None
+        if not self.session.extended_smtp:
+            await self.push("500 Error: command 'AUTH' not recognized")
+            return
+        if self._auth_require_tls and not self._tls_active:
+            await self.push(
+                "538 5.7.11 Encryption required for requested authentication mechanism"
+            )
+            return
+        if self.session.authenticated:
+            await self.push("503 Already authenticated")
+            return
+        if self.envelope.mail_from:
+            # Decision (auth-tls 2.1): RFC 4954 forbids AUTH in a transaction.
+            await self.push("503 5.5.1 Error: MAIL transaction in progress")
+            return
+        if not arg:
+            await self.push("501 Not enough value")
+            return
+        args = arg.split()
+        if len(args) > 2:
+            await self.push("501 Too many values")
+            return
+        mechanism = self._find_mechanism(args[0])
+        if mechanism is None:
+            await self.push("504 5.5.4 Unrecognized authentication type")
+            return
+        args[0] = mechanism
+        status = await self._call_handler_hook("AUTH", args)
+        if status is not MISSING:
+            if status is not None:
+                await self.push(status)
+            return
+        method, is_builtin = self._auth_methods[mechanism]
+        log.debug(
+            "Using %s auth_ hook for %r", "builtin" if is_builtin else "handler", mechanism
+        )
+        result = await method(self, args)
+        log.debug("auth_%s returned %r", mechanism, result)
+        await self._apply_auth_result(result)
+
+    def _find_mechanism(self, name: str) -> Optional[str]:
+        # Decision (auth-tls 2.1): SASL names are case-insensitive; the
+        # registry's spelling is what handlers and mechanisms see.
+        if name in self._auth_methods:
+            return name
+        upper = name.upper()
+        for known in self._auth_methods:
+            if known.upper() == upper:
+                return known
+        return None
+
+    async def _apply_auth_result(self, result: Any) -> None:
+        assert self.session is not None
+        session = self.session
+        if isinstance(result, AuthResult):
+            if result.success:
+                session.authenticated = True
+                session.auth_data = result.auth_data
+                session.login_data = getattr(result.auth_data, "login", None)
+                await self.push(result.message or "235 2.7.0 Authentication successful")
+            elif not result.handled:
+                await self.push(result.message or "535 5.7.8 Authentication credentials invalid")
+        elif result is None:
+            pass  # legacy: the mechanism has replied already
+        elif result is MISSING or result is False:
+            await self.push("535 5.7.8 Authentication credentials invalid")
+        else:
+            # Legacy "identity" result; upstream forgot to mark the session
+            # authenticated (auth-tls 2.4).
+            session.login_data = result
+            session.authenticated = True
+            session.auth_data = result
+            await self.push("235 2.7.0 Authentication successful")

@@ -1,0 +1,140 @@
+"""DATA framing over a receive buffer: end-of-data search, limits, dot-stuffing.
+
+Pure code, no I/O.  The protocol appends received bytes to one ``bytearray``;
+:class:`DataReader` searches it for the end of data in large steps, never one
+line at a time, and never copies a line.  Only ``CRLF . CRLF`` ends the data:
+a bare LF or CR never ends a line (the SMTP smuggling class of bugs).
+
+Line-length and size limits follow upstream's rules (smtp.md 8.8):
+
+* a line is the run of bytes up to and including CRLF, *before* dot
+  un-stuffing; it is too long when it is longer than ``line_limit``;
+* the size is the number of content bytes before un-stuffing, including the
+  CRLF that precedes the terminating dot;
+* the first limit broken wins; errors are reported only after the terminator,
+  and once the data is known to be rejected it is no longer kept.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Optional
+
+__all__ = ["DataError", "DataReader", "find_long_line", "has_bare_cr_or_lf", "unstuff"]
+
+_END = b"\r\n.\r\n"
+_END_AT_START = b".\r\n"
+
+
+class DataError(enum.Enum):
+    TOO_LONG = "line too long"
+    TOO_MUCH = "too much data"
+
+
+def find_long_line(buf: bytes | bytearray, line_limit: int, start: int = 0,
+                   end: Optional[int] = None) -> Optional[int]:
+    """Return the start offset of the first CRLF-terminated line in
+    ``buf[start:end]`` longer than ``line_limit`` bytes (CRLF included), or
+    ``None``.  ``start`` must be the start of a line.  A trailing partial line
+    counts only once it is already longer than the limit.
+
+    Each step searches a window of ``line_limit`` bytes for its *last* CRLF,
+    so the loop advances by about a line-limit per step instead of one line.
+    """
+    if end is None:
+        end = len(buf)
+    p = start
+    while end - p > line_limit - 2:
+        # A CRLF at index q ends a line of q + 2 - p bytes; it fits the limit
+        # when q + 2 <= p + line_limit, i.e. the CRLF lies inside the window.
+        q = buf.rfind(b"\r\n", p, min(p + line_limit, end))
+        if q < 0:
+            if end - p >= line_limit:
+                return p
+            return None
+        p = q + 2
+    return None
+
+
+def unstuff(content: bytes) -> bytes:
+    """Undo dot-stuffing: remove the first byte of every line starting with '.'.
+
+    Lines start at the beginning of the content and after each CRLF (a bare LF
+    does not start a line).  ``bytes.replace`` returns ``content`` itself when
+    there is nothing to replace, so the common case copies nothing.
+    """
+    if content[:1] == b".":
+        content = content[1:]
+    return content.replace(b"\r\n.", b"\r\n")
+
+
+def has_bare_cr_or_lf(content: bytes) -> bool:
+    """True if ``content`` has a CR not followed by LF or an LF not after CR."""
+    crlf = content.count(b"\r\n")
+    return content.count(b"\r") != crlf or content.count(b"\n") != crlf
+
+
+class DataReader:
+    """Incrementally find the end of DATA content in a receive buffer.
+
+    The content starts at offset 0 of the buffer handed to :meth:`feed`; the
+    caller keeps appending received bytes to that same buffer.  When
+    :meth:`feed` returns a number ``n``, the terminator ends at ``n`` and the
+    caller should take the result (:attr:`content` / :attr:`error`) and
+    delete ``buf[:n]``.
+    """
+
+    __slots__ = ("size_limit", "line_limit", "error", "content", "_scanned",
+                 "_dropped")
+
+    def __init__(self, size_limit: Optional[int], line_limit: int) -> None:
+        self.size_limit = size_limit or None
+        self.line_limit = line_limit
+        self.error: Optional[DataError] = None
+        #: The raw (still dot-stuffed) content once the terminator is found.
+        self.content: Optional[bytes] = None
+        # Bytes of the buffer already searched for the terminator.
+        self._scanned = 0
+        # Bytes deleted from the front of the buffer after an error.
+        self._dropped = 0
+
+    def feed(self, buf: bytearray) -> Optional[int]:
+        """Search ``buf`` for the end of data; return the bytes to consume."""
+        if not self._dropped and buf[:3] == _END_AT_START:
+            return self._finish(buf, 0, 3)
+        i = buf.find(_END, max(self._scanned - 4, 0))
+        if i >= 0:
+            return self._finish(buf, i + 2, i + 5)
+        self._scanned = len(buf)
+        if self.error is None:
+            self._check_size(buf)
+        if self.error is not None and len(buf) > 4:
+            # Rejected already: keep only what may start the terminator.
+            drop = len(buf) - 4
+            del buf[:drop]
+            self._dropped += drop
+            self._scanned = 4
+        return None
+
+    def _check_size(self, buf: bytearray) -> None:
+        limit = self.size_limit
+        # The last three bytes may yet turn out to be ". CRLF" of the end.
+        if limit is not None and len(buf) - 3 > limit:
+            self._reject(buf, len(buf))
+
+    def _reject(self, buf: bytearray, end: int) -> None:
+        # The size limit is broken; a long line before that point came first.
+        if find_long_line(buf, self.line_limit, 0, end) is not None:
+            self.error = DataError.TOO_LONG
+        else:
+            self.error = DataError.TOO_MUCH
+
+    def _finish(self, buf: bytearray, content_end: int, consumed: int) -> int:
+        if self.error is None:
+            if self.size_limit is not None and content_end > self.size_limit:
+                self._reject(buf, content_end)
+            elif find_long_line(buf, self.line_limit, 0, content_end) is not None:
+                self.error = DataError.TOO_LONG
+            else:
+                self.content = bytes(memoryview(buf)[:content_end])
+        return consumed

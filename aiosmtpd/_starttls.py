@@ -1,0 +1,97 @@
+"""STARTTLS (RFC 3207) for the ``SMTP`` class, and the TLS facts a session records."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import ssl
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+from aiosmtpd._hooks import syntax
+
+if TYPE_CHECKING:  # pragma: no cover
+    from aiosmtpd.smtp import Envelope, Session
+
+
+class TLSSetupException(Exception):
+    """The STARTTLS handshake failed."""
+
+
+def tls_info(transport: asyncio.BaseTransport) -> dict[str, Any]:
+    """What ``session.ssl`` holds: the TLS layer's facts about the connection."""
+    return {
+        key: transport.get_extra_info(key)
+        for key in ("sslcontext", "peercert", "cipher", "compression", "ssl_object")
+    }
+
+
+class StartTLSMixin:
+    """The STARTTLS command of an ``SMTP`` connection."""
+
+    if TYPE_CHECKING:  # pragma: no cover - provided by SMTP
+        loop: asyncio.AbstractEventLoop
+        transport: Optional[asyncio.BaseTransport]
+        session: Optional[Session]
+        envelope: Optional[Envelope]
+        tls_context: Optional[ssl.SSLContext]
+        _buf: bytearray
+        _tls_active: bool
+        _tls_handshake_okay: bool
+        _original_transport: Optional[asyncio.BaseTransport]
+        _handle_hooks: dict[str, Callable[..., Any]]
+
+        async def push(self, status: Union[str, bytes]) -> None: ...
+        def _set_rset_state(self) -> None: ...
+        def _create_session(self) -> Session: ...
+        def _reset_timeout(self) -> None: ...
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: Optional[str]) -> None:
+        if arg:
+            await self.push("501 Syntax: STARTTLS")
+            return
+        if self._tls_active:
+            await self.push("503 5.5.1 Error: TLS already active")
+            return
+        if not self.tls_context:
+            await self.push("454 TLS not available")
+            return
+        transport = self.transport
+        assert transport is not None and self.session is not None
+        # Stop reading before the 220 goes out: what the client sends next is
+        # its TLS handshake, which must reach the TLS layer, not our buffer.
+        transport.pause_reading()  # type: ignore[attr-defined]
+        # RFC 3207 section 6: plaintext pipelined after STARTTLS is discarded,
+        # never executed (the CVE-2024-34083 class).
+        self._buf.clear()
+        await self.push("220 Ready to start TLS")
+        try:
+            tls_transport = await self.loop.start_tls(
+                transport,  # type: ignore[arg-type]
+                self,  # type: ignore[arg-type]
+                self.tls_context,
+                server_side=True,
+            )
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception as error:
+            raise TLSSetupException("Unable to set up TLS") from error
+        if tls_transport is None:  # pragma: no cover - start_tls returns one
+            raise TLSSetupException("Unable to set up TLS")
+        self._buf.clear()
+        self._original_transport = transport
+        self.transport = tls_transport
+        self._tls_active = True
+        old_session = self.session
+        self._set_rset_state()
+        self.session = self._create_session()
+        self.session.peer = tls_transport.get_extra_info("peername")
+        self.session.proxy_data = old_session.proxy_data
+        self.session.ssl = tls_info(tls_transport)
+        self._reset_timeout()
+        hook = self._handle_hooks.get("STARTTLS")
+        if hook is not None:
+            verdict = hook(self, self.session, self.envelope)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+            self._tls_handshake_okay = bool(verdict)

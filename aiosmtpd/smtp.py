@@ -1,0 +1,1012 @@
+"""The SMTP protocol: :class:`SMTP`, :class:`Session`, :class:`Envelope`.
+
+This module is the public face.  The pieces that need no I/O live in private
+modules: the argument grammar in ``_grammar``, DATA framing in ``_framing``,
+and AUTH in ``_auth``.  Data flows one way: socket bytes -> receive buffer ->
+command line or DATA framing -> ``smtp_<VERB>`` method -> handler hook -> reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import socket
+import ssl
+import time
+import warnings
+from collections.abc import Awaitable, MutableMapping
+from typing import (
+    Any,
+    Callable,
+    Optional,
+    Union,
+)
+
+from aiosmtpd import __version__, _grammar
+from aiosmtpd._auth import (
+    AuthCallbackType,
+    AuthenticatorType,
+    AuthMechanismType,
+    AuthMixin,
+    LoginPassword,
+    auth_mechanism,
+    sanitize,
+    sanitized_log,
+)
+from aiosmtpd._framing import DataError, DataReader, has_bare_cr_or_lf, unstuff
+from aiosmtpd._hooks import MISSING, syntax
+from aiosmtpd._loop import get_or_new_eventloop
+from aiosmtpd._starttls import StartTLSMixin, TLSSetupException, tls_info
+
+__all__ = [
+    "AuthCallbackType",
+    "AuthMechanismType",
+    "MISSING",
+    "__version__",
+    "LoginPassword",
+    "Session",
+    "Envelope",
+    "syntax",
+    "auth_mechanism",
+    "TLSSetupException",
+    "sanitize",
+    "sanitized_log",
+    "SMTP",
+]
+
+__ident__ = "Python SMTP " + __version__
+
+CALL_LIMIT_DEFAULT = 20
+DATA_SIZE_DEFAULT = 2**25
+BOGUS_LIMIT = 5
+ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "STARTTLS", "QUIT"})
+
+log = logging.getLogger("mail.log")
+
+
+
+class Session:
+    """The state of one client connection."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.peer: Any = None
+        self.ssl: Optional[dict[str, Any]] = None
+        self.host_name: Optional[str] = None
+        self.extended_smtp = False
+        self.loop = loop
+        self.proxy_data: Any = None
+        self.auth_data: Any = None
+        self.authenticated: Optional[bool] = None
+        self._login_data: Any = None
+
+    @property
+    def login_data(self) -> Any:
+        log.warning("Session.login_data is deprecated and will be removed in version 2.0")
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        log.warning("Session.login_data is deprecated and will be removed in version 2.0")
+        self._login_data = value
+
+
+class Envelope:
+    """The state of one mail transaction."""
+
+    def __init__(self) -> None:
+        self.mail_from: Optional[str] = None
+        self.mail_options: list[str] = []
+        self.smtp_utf8 = False
+        self.content: Union[None, bytes, str] = None
+        self.original_content: Optional[bytes] = None
+        self.rcpt_tos: list[str] = []
+        self.rcpt_options: list[str] = []
+
+
+# socket.getfqdn() may cost a DNS round trip; upstream paid it on every
+# connection.  A short-lived cache keeps the value current without that cost.
+_FQDN_TTL = 60.0
+_fqdn_cache: tuple[float, str] = (-_FQDN_TTL, "")
+
+
+def _fqdn() -> str:
+    global _fqdn_cache
+    now = time.monotonic()
+    if now - _fqdn_cache[0] >= _FQDN_TTL:
+        _fqdn_cache = (now, socket.getfqdn())
+    return _fqdn_cache[1]
+
+
+class _CommandSizeLimits(dict[str, int]):
+    """Per-instance command size limits; missing keys give the default
+    without being inserted (upstream's class-wide defaultdict grew and was
+    shared between connections, smtp.md 6.3)."""
+
+    def __init__(self, default: int, *args: Any) -> None:
+        super().__init__(*args)
+        self.default = default
+
+    def __missing__(self, key: str) -> int:
+        return self.default
+
+
+_members_cache: dict[tuple[type, str], tuple[str, ...]] = {}
+
+
+def _names_with_prefix(obj: Any, prefix: str) -> list[str]:
+    """``[n for n in dir(obj) if n.startswith(prefix)]``, with the class part
+    of ``dir()`` computed once per class: it runs for every connection."""
+    cls = type(obj)
+    if cls.__dir__ is not object.__dir__ or isinstance(obj, type):  # type: ignore[comparison-overlap]
+        return [n for n in dir(obj) if n.startswith(prefix)]
+    key = (cls, prefix)
+    names = _members_cache.get(key)
+    if names is None:
+        names = _members_cache[key] = tuple(n for n in dir(cls) if n.startswith(prefix))
+    own = [n for n in getattr(obj, "__dict__", ()) if n.startswith(prefix) and n not in names]
+    return [*names, *own] if own else list(names)
+
+
+_ehlo_arity_cache: dict[Any, int] = {}
+
+
+def _ehlo_hook_arity(hook: Callable[..., Any]) -> int:
+    func = getattr(hook, "__func__", hook)
+    try:
+        return _ehlo_arity_cache[func]
+    except (KeyError, TypeError):
+        pass
+    params = inspect.signature(hook).parameters.values()
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        arity = -1
+    else:
+        arity = len(params)
+    try:
+        _ehlo_arity_cache[func] = arity
+    except TypeError:  # pragma: no cover - unhashable callables
+        pass
+    return arity
+
+
+# Stop reading from a client whose unprocessed commands pile up past this.
+_MAX_COMMAND_BUFFER = 64 * 1024
+
+
+class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
+    """An asyncio protocol serving one SMTP connection."""
+
+    command_size_limit = 512
+    command_size_limits: MutableMapping[str, int] = {}
+    line_length_limit = 1001
+    local_part_limit = 0
+    AuthLoginUsernameChallenge = "User Name\x00"
+    AuthLoginPasswordChallenge = "Password\x00"
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        data_size_limit: Optional[int] = DATA_SIZE_DEFAULT,
+        enable_SMTPUTF8: bool = False,
+        decode_data: bool = False,
+        hostname: Optional[str] = None,
+        ident: Optional[str] = None,
+        tls_context: Optional[ssl.SSLContext] = None,
+        require_starttls: bool = False,
+        timeout: float = 300,
+        auth_required: bool = False,
+        auth_require_tls: bool = True,
+        auth_exclude_mechanism: Optional[Any] = None,
+        auth_callback: Optional[AuthCallbackType] = None,
+        command_call_limit: Union[int, dict[str, int], None] = None,
+        authenticator: Optional[AuthenticatorType] = None,
+        proxy_protocol_timeout: Optional[Union[int, float]] = None,
+        loop: Optional[asyncio.AbstractEventLoop] = None,
+        strict_line_endings: bool = False,
+    ) -> None:
+        # An explicit check rather than `assert`: it must survive `python -O`.
+        if not (data_size_limit is None or isinstance(data_size_limit, int)):
+            raise AssertionError("data_size_limit must be None or int")
+        self.__ident__ = ident or __ident__
+        self.loop = loop if loop else get_or_new_eventloop()
+        # No StreamReader: the protocol keeps its own receive buffer.
+        super().__init__(None, loop=self.loop)  # type: ignore[arg-type]
+        self.event_handler = handler
+        self.data_size_limit = data_size_limit
+        self.enable_SMTPUTF8 = enable_SMTPUTF8
+        self._decode_data = decode_data
+        self._strict_line_endings = strict_line_endings
+        self.hostname = hostname if hostname else _fqdn()
+        self.tls_context = tls_context
+        if tls_context:
+            if tls_context.verify_mode not in {ssl.CERT_NONE, ssl.CERT_OPTIONAL}:
+                log.warning(
+                    "tls_context.verify_mode not in {CERT_NONE, CERT_OPTIONAL}; "
+                    "this might cause client connection problems"
+                )
+            elif tls_context.check_hostname:
+                log.warning(
+                    "tls_context.check_hostname == True; "
+                    "this might cause client connection problems"
+                )
+        self.require_starttls = tls_context and require_starttls
+        self._timeout_duration = timeout
+        self._timeout_handle: Optional[asyncio.TimerHandle] = None
+        self._last_activity = 0.0
+        if auth_required and not auth_require_tls:
+            warnings.warn(
+                "Requiring AUTH while not requiring TLS can lead to "
+                "security vulnerabilities!", stacklevel=2
+            )
+            log.warning("auth_required == True but auth_require_tls == False")
+        if proxy_protocol_timeout is not None:
+            if proxy_protocol_timeout <= 0:
+                raise ValueError("proxy_protocol_timeout must be > 0")
+            elif proxy_protocol_timeout < 3.0:
+                log.warning("proxy_protocol_timeout < 3.0")
+        self._proxy_timeout = proxy_protocol_timeout
+        self._init_auth(
+            handler,
+            auth_required=auth_required,
+            auth_require_tls=auth_require_tls,
+            auth_exclude_mechanism=auth_exclude_mechanism,
+            auth_callback=auth_callback,
+            authenticator=authenticator,
+        )
+
+        self._handle_hooks: dict[str, Callable[..., Any]] = {
+            name[7:]: getattr(handler, name)
+            for name in _names_with_prefix(handler, "handle_")
+        }
+        self._ehlo_hook_ver: Optional[str] = None
+        ehlo_hook = self._handle_hooks.get("EHLO")
+        if ehlo_hook is not None:
+            arity = _ehlo_hook_arity(ehlo_hook)
+            if arity == 4:
+                warnings.warn(
+                    "Use the 5-argument handle_EHLO() hook instead of "
+                    "the 4-argument handle_EHLO() hook; "
+                    "support for the 4-argument handle_EHLO() hook will be "
+                    "removed in version 2.0",
+                    DeprecationWarning, stacklevel=2,
+                )
+                self._ehlo_hook_ver = "old"
+            elif arity == 5:
+                self._ehlo_hook_ver = "new"
+            else:
+                raise RuntimeError("Unsupported EHLO Hook")
+
+        self._call_limit_base: Optional[dict[str, int]] = None
+        self._call_limit_default = CALL_LIMIT_DEFAULT
+        if command_call_limit is not None:
+            if isinstance(command_call_limit, int):
+                self._call_limit_base = {}
+                self._call_limit_default = command_call_limit
+            elif isinstance(command_call_limit, dict):
+                if not all(isinstance(v, int) for v in command_call_limit.values()):
+                    raise TypeError("All command_call_limit values must be int")
+                self._call_limit_base = command_call_limit
+                self._call_limit_default = command_call_limit.get("*", CALL_LIMIT_DEFAULT)
+            else:
+                raise TypeError("command_call_limit must be int or Dict[str, int]")
+
+        self.command_size_limits = _CommandSizeLimits(
+            self.command_size_limit, type(self).command_size_limits
+        )
+        self._smtp_methods: dict[str, Callable[[Optional[str]], Awaitable[Any]]] = {
+            name[5:]: getattr(self, name) for name in _names_with_prefix(self, "smtp_")
+        }
+
+        self.transport: Optional[asyncio.BaseTransport] = None
+        self.session: Optional[Session] = None
+        self.envelope: Optional[Envelope] = None
+        self._buf = bytearray()
+        self._waiter: Optional[asyncio.Future[None]] = None
+        self._reading_paused = False
+        self._in_data = False
+        self._handler_coroutine: Optional[asyncio.Task[None]] = None
+        self._original_transport: Optional[asyncio.BaseTransport] = None
+        # True once the connection is encrypted (STARTTLS done, or implicit TLS).
+        self._tls_active = False
+        self._tls_handshake_okay = True
+
+    # -- Overridable factories and helpers used by subclasses ------------------
+
+    @property
+    def max_command_size_limit(self) -> int:
+        try:
+            return max(self.command_size_limits.values())
+        except ValueError:
+            return self.command_size_limit
+
+    def _create_session(self) -> Session:
+        return Session(self.loop)
+
+    def _create_envelope(self) -> Envelope:
+        return Envelope()
+
+    def _set_rset_state(self) -> None:
+        self.envelope = self._create_envelope()
+
+    def _set_post_data_state(self) -> None:
+        self.envelope = self._create_envelope()
+
+    def _strip_command_keyword(self, keyword: str, arg: str) -> Optional[str]:
+        return _grammar.strip_keyword(keyword, arg)
+
+    def _getaddr(self, arg: str) -> tuple[Optional[str], Optional[str]]:
+        return _grammar.get_address(arg, self.local_part_limit)
+
+    def _getparams(self, params: list[str]) -> Optional[dict[str, Union[str, bool]]]:
+        return _grammar.get_params(params)
+
+    def _syntax_available(self, method: Any) -> bool:
+        if not hasattr(method, "__smtp_syntax__"):
+            return False
+        when = getattr(method, "__smtp_syntax_when__", None)
+        return not when or bool(getattr(self, when))
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        hook = self._handle_hooks.get(command)
+        if hook is None:
+            return MISSING
+        return await hook(self, self.session, self.envelope, *args)
+
+    # -- asyncio protocol callbacks ---------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._set_rset_state()
+        self.session = self._create_session()
+        self.session.peer = transport.get_extra_info("peername")
+        self._reset_timeout()
+        self.transport = transport
+        log.info("Peer: %r", self.session.peer)
+        # Implicit TLS (SMTPS): the transport is already encrypted (auth-tls 10).
+        if transport.get_extra_info("ssl_object") is not None:
+            self._tls_active = True
+            self.session.ssl = tls_info(transport)
+        self._handler_coroutine = self.loop.create_task(self._handle_client())
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        peer = self.session.peer if self.session else None
+        log.info("%r connection lost", peer)
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+            self._timeout_handle = None
+        if self._original_transport is not None:
+            self._original_transport.close()
+        super().connection_lost(exc)
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()
+        self.transport = None
+
+    def eof_received(self) -> Optional[bool]:
+        log.info("%r EOF received", self.session.peer if self.session else None)
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()
+        if self.session is not None and self.session.ssl is not None:
+            return False
+        return super().eof_received()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if (
+            not self._in_data
+            and len(buf) > _MAX_COMMAND_BUFFER
+            and not self._reading_paused
+            and self.transport is not None
+        ):
+            # The client sends commands faster than we answer them.
+            self._reading_paused = True
+            self.transport.pause_reading()  # type: ignore[attr-defined]
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()  # type: ignore[attr-defined]
+
+    async def _wait_for_data(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("Connection lost")
+        if self._reading_paused:
+            self._resume_reading()
+        self._waiter = self.loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    # -- Inactivity timer -----------------------------------------------------------
+
+    def _reset_timeout(self) -> None:
+        # Restarting a TimerHandle per command is costly; instead the timer
+        # checks the time of the last activity when it fires and re-arms.
+        self._last_activity = self.loop.time()
+        if self._timeout_handle is None:
+            self._timeout_handle = self.loop.call_at(
+                self._last_activity + self._timeout_duration, self._timeout_cb
+            )
+
+    def _timeout_cb(self) -> None:
+        self._timeout_handle = None
+        deadline = self._last_activity + self._timeout_duration
+        if self.loop.time() < deadline:
+            self._timeout_handle = self.loop.call_at(deadline, self._timeout_cb)
+            return
+        log.info("%r connection timeout", self.session.peer if self.session else None)
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- Replies --------------------------------------------------------------------
+
+    async def push(self, status: Union[str, bytes]) -> None:
+        if isinstance(status, str):
+            data = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        elif isinstance(status, bytes):
+            data = status
+        else:
+            raise TypeError(
+                f"push() argument must be str or bytes, not {type(status).__name__}"
+            )
+        transport = self.transport
+        if transport is None:
+            raise ConnectionResetError("Connection lost")
+        transport.write(data + b"\r\n")  # type: ignore[attr-defined]
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%r << %r", self.session.peer if self.session else None, data)
+        if self._paused:  # type: ignore[attr-defined]
+            await self._drain_helper()  # type: ignore[attr-defined]
+
+    async def handle_exception(self, error: Exception) -> Any:
+        handler_method = getattr(self.event_handler, "handle_exception", None)
+        if handler_method is not None:
+            return await handler_method(error)
+        log.exception("%r SMTP session exception", self.session.peer if self.session else None)
+        return f"500 Error: ({error.__class__.__name__}) {error}"
+
+    async def _reply_to_exception(self, error: Exception) -> bool:
+        """Reply to an exception raised by a command; False ends the session."""
+        peer = self.session.peer if self.session else None
+        try:
+            status = await self.handle_exception(error)
+        except Exception as inner:
+            log.exception("%r Exception in handle_exception()", peer)
+            status = _describe_error(inner)
+        if isinstance(error, TLSSetupException):
+            if self.transport is not None:
+                self.transport.close()
+            self.connection_lost(error)
+            return False
+        if not isinstance(status, (str, bytes)):
+            # Upstream died silently here and left the client hanging.
+            log.error(
+                "%r handle_exception() returned %r, not a reply; sending the default one",
+                peer,
+                status,
+            )
+            status = _describe_error(error)
+        await self.push(status)
+        return True
+
+    # -- The command loop -----------------------------------------------------------
+
+    async def _readline(self) -> Optional[bytes]:
+        """Return the next LF-terminated line, or None if it was too long
+        (and has been discarded up to and including its LF)."""
+        buf = self._buf
+        limit = self.line_length_limit
+        while True:
+            i = buf.find(b"\n", 0, limit + 1)
+            if i >= 0:
+                line = bytes(buf[: i + 1])
+                del buf[: i + 1]
+                return line
+            if len(buf) > limit:
+                break
+            await self._wait_for_data()
+        # Over-long line: drop it, however long it is, without keeping it.
+        while True:
+            i = buf.find(b"\n")
+            if i >= 0:
+                del buf[: i + 1]
+                return None
+            buf.clear()
+            await self._wait_for_data()
+
+    async def _handle_client(self) -> None:
+        assert self.session is not None
+        log.info("%r handling connection", self.session.peer)
+        try:
+            if self._proxy_timeout is not None and not await self._accept_proxy_header():
+                return
+            await self.push(f"220 {self.hostname} {self.__ident__}")
+            call_limits: Optional[dict[str, int]] = None
+            if self._call_limit_base is not None:
+                call_limits = dict(self._call_limit_base)
+            bogus_budget = BOGUS_LIMIT
+            while self.transport is not None and not self.transport.is_closing():
+                line = await self._readline()
+                peer = self.session.peer
+                if line is None:
+                    await self.push("500 Command line too long")
+                    continue
+                if log.isEnabledFor(logging.DEBUG):
+                    sanitized_log(log.debug, "_handle_client readline: %r", line)
+                line = line.rstrip(b"\r\n")
+                if log.isEnabledFor(logging.INFO):
+                    sanitized_log(log.info, "%r >> %r", peer, line)
+                if not line:
+                    await self.push("500 Error: bad syntax")
+                    continue
+                verb, sep, rest = line.partition(b" ")
+                try:
+                    command = verb.upper().decode("ascii")
+                except UnicodeDecodeError:
+                    await self.push("500 Error: bad syntax")
+                    continue
+                arg: Optional[str] = None
+                if rest:
+                    rest = rest.strip()
+                    try:
+                        if self.enable_SMTPUTF8:
+                            arg = rest.decode("utf-8", errors="surrogateescape")
+                        else:
+                            arg = rest.decode("ascii")
+                    except UnicodeDecodeError:
+                        await self.push("500 Error: strict ASCII mode")
+                        continue
+                if self.session.extended_smtp:
+                    max_sz = self.command_size_limits[command]
+                else:
+                    max_sz = self.command_size_limit
+                if len(line) > max_sz:
+                    await self.push("500 Command line too long")
+                    continue
+                if not self._tls_handshake_okay and command != "QUIT":
+                    await self.push("554 Command refused due to lack of security")
+                    continue
+                if (
+                    self.require_starttls
+                    and not self._tls_active
+                    and command not in self._allowed_before_starttls()
+                ):
+                    await self.push("530 Must issue a STARTTLS command first")
+                    continue
+                if call_limits is not None:
+                    budget = call_limits.get(command, self._call_limit_default)
+                    if budget < 1:
+                        log.warning("%r over limit for %s", peer, command)
+                        await self.push(f"421 4.7.0 {command} sent too many times")
+                        self.transport.close()
+                        break
+                    call_limits[command] = budget - 1
+                method = self._smtp_methods.get(command)
+                if method is None:
+                    log.warning("%r unrecognised: %s", peer, command)
+                    bogus_budget -= 1
+                    if bogus_budget < 1:
+                        log.warning("%r too many bogus commands", peer)
+                        await self.push("502 5.5.1 Too many unrecognized commands, goodbye.")
+                        self.transport.close()
+                        break
+                    shown = _grammar.control_chars_to_question_marks(command)
+                    await self.push(f'500 Error: command "{shown}" not recognized')
+                    continue
+                self._reset_timeout()
+                try:
+                    await method(arg)
+                except (asyncio.CancelledError, ConnectionResetError):
+                    raise
+                except Exception as error:
+                    if not await self._reply_to_exception(error):
+                        break
+        except (asyncio.CancelledError, ConnectionResetError) as error:
+            log.info(
+                "%r Connection lost during _handle_client()",
+                self.session.peer if self.session else None,
+            )
+            if self.transport is not None:
+                self.transport.close()
+            if isinstance(error, asyncio.CancelledError):
+                raise
+
+    def _allowed_before_starttls(self) -> frozenset[str]:
+        return ALLOWED_BEFORE_STARTTLS
+
+    async def _accept_proxy_header(self) -> bool:
+        """Read and accept the PROXY header; False closes the connection."""
+        from aiosmtpd._proxy_flow import accept_proxy_header
+
+        return await accept_proxy_header(self)
+
+    # -- Guards -------------------------------------------------------------------------
+
+    async def check_helo_needed(self, helo: str = "HELO") -> bool:
+        assert self.session is not None
+        if not self.session.host_name:
+            await self.push(f"503 Error: send {helo} first")
+            return True
+        return False
+
+    async def check_auth_needed(self, caller_method: str) -> bool:
+        assert self.session is not None
+        if self._auth_required and not self.session.authenticated:
+            log.info("%s: Authentication required", caller_method)
+            await self.push("530 5.7.0 Authentication required")
+            return True
+        return False
+
+    # -- Commands -------------------------------------------------------------------------
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: Optional[str]) -> None:
+        assert self.session is not None
+        if not hostname:
+            await self.push("501 Syntax: HELO hostname")
+            return
+        self._set_rset_state()
+        self.session.extended_smtp = False
+        status = await self._call_handler_hook("HELO", hostname)
+        if status is MISSING:
+            self.session.host_name = hostname
+            status = f"250 {self.hostname}"
+        await self.push(status)
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: Optional[str]) -> None:
+        if not hostname:
+            await self.push("501 Syntax: EHLO hostname")
+            return
+        await self._ehlo(hostname)
+
+    def _ehlo_lines(self) -> list[str]:
+        """The EHLO response lines before the final ``250 HELP``."""
+        size_allowance = 0
+        lines = [f"250-{self.hostname}"]
+        if self.data_size_limit:
+            lines.append(f"250-SIZE {self.data_size_limit}")
+            size_allowance += 26  # RFC 1870 SIZE=<n> on MAIL
+        if not self._decode_data:
+            lines.append("250-8BITMIME")
+        if self.enable_SMTPUTF8:
+            lines.append("250-SMTPUTF8")
+            size_allowance += 10  # RFC 6531 SMTPUTF8 on MAIL
+        # Recomputed at each EHLO, never accumulated (smtp.md 6.3).
+        self.command_size_limits["MAIL"] = self.command_size_limit + size_allowance
+        if self.tls_context and not self._tls_active:
+            lines.append("250-STARTTLS")
+        if self._auth_advertised():
+            lines.append("250-AUTH " + " ".join(sorted(self._auth_methods)))
+        return lines
+
+    async def _ehlo(self, hostname: str) -> None:
+        """EHLO (and LMTP's LHLO) once the argument has been checked."""
+        assert self.session is not None
+        self._set_rset_state()
+        self.session.extended_smtp = True
+        lines = self._ehlo_lines()
+        ehlo_hook = getattr(self, "ehlo_hook", None)
+        if ehlo_hook is not None:
+            warnings.warn(
+                "Use handler.handle_EHLO() instead of .ehlo_hook()",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        if self._ehlo_hook_ver is None:
+            self.session.host_name = hostname
+            lines.append("250 HELP")
+        elif self._ehlo_hook_ver == "old":
+            for line in lines:
+                await self.push(line)
+            if ehlo_hook is not None:
+                await ehlo_hook()
+            await self.push(await self._call_handler_hook("EHLO", hostname))
+            return
+        else:
+            lines.append("250 HELP")
+            lines = await self._call_handler_hook("EHLO", hostname, lines)
+        # Decision (smtp.md 8.2): the deprecated ehlo_hook runs just before
+        # the final line, as upstream documented, not before the first.
+        for line in lines[:-1]:
+            await self.push(line)
+        if ehlo_hook is not None:
+            await ehlo_hook()
+        if lines:
+            await self.push(lines[-1])
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: Optional[str]) -> None:
+        status = await self._call_handler_hook("NOOP", arg)
+        await self.push("250 OK" if status is MISSING else status)
+
+    @syntax("QUIT")
+    async def smtp_QUIT(self, arg: Optional[str]) -> None:
+        if arg:
+            await self.push("501 Syntax: QUIT")
+            return
+        status = await self._call_handler_hook("QUIT")
+        await self.push("221 Bye" if status is MISSING else status)
+        if self.transport is not None:
+            self.transport.close()
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: Optional[str]) -> None:
+        if arg:
+            await self.push("501 Syntax: RSET")
+            return
+        self._set_rset_state()
+        rset_hook = getattr(self, "rset_hook", None)
+        if rset_hook is not None:
+            warnings.warn(
+                "Use handler.handle_RSET() instead of .rset_hook()",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            await rset_hook()
+        status = await self._call_handler_hook("RSET")
+        await self.push("250 OK" if status is MISSING else status)
+
+    def _syntax_error(self, text: str, extended: str) -> str:
+        assert self.session is not None
+        if self.session.extended_smtp:
+            return f"501 Syntax: {text}{extended}"
+        return f"501 Syntax: {text}"
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: Optional[str]) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("MAIL"):
+            return
+        assert self.session is not None and self.envelope is not None
+        syntaxerr = self._syntax_error("MAIL FROM: <address>", " [SP <mail-parameters>]")
+        if arg is None:
+            await self.push(syntaxerr)
+            return
+        arg = self._strip_command_keyword("FROM:", arg)
+        if arg is None:
+            await self.push(syntaxerr)
+            return
+        address, rest = self._getaddr(arg)
+        if address is None:
+            await self.push("553 5.1.3 Error: malformed address")
+            return
+        if not address or (rest and not self.session.extended_smtp):
+            await self.push(syntaxerr)
+            return
+        if self.envelope.mail_from:
+            await self.push("503 Error: nested MAIL command")
+            return
+        mail_options = (rest or "").upper().split()
+        params = self._getparams(mail_options)
+        if params is None:
+            await self.push(syntaxerr)
+            return
+        if not self._decode_data:
+            body = params.pop("BODY", "7BIT")
+            if body not in ("7BIT", "8BITMIME"):
+                await self.push("501 Error: BODY can only be one of 7BIT, 8BITMIME")
+                return
+        smtputf8 = params.pop("SMTPUTF8", False)
+        if not isinstance(smtputf8, bool):
+            await self.push("501 Error: SMTPUTF8 takes no arguments")
+            return
+        if smtputf8 and not self.enable_SMTPUTF8:
+            await self.push("501 Error: SMTPUTF8 disabled")
+            return
+        self.envelope.smtp_utf8 = smtputf8
+        size = params.pop("SIZE", None)
+        if size is not None:
+            # Only ASCII digits: int() would accept other Unicode digits,
+            # or raise on some of them (smtp.md 8.6).
+            if isinstance(size, bool) or not (size.isascii() and size.isdigit()):
+                await self.push(syntaxerr)
+                return
+            if self.data_size_limit and int(size) > self.data_size_limit:
+                await self.push("552 Error: message size exceeds fixed maximum message size")
+                return
+        if params:
+            await self.push("555 MAIL FROM parameters not recognized or not implemented")
+            return
+        status = await self._call_handler_hook("MAIL", address, mail_options)
+        if status is MISSING:
+            self.envelope.mail_from = address
+            self.envelope.mail_options.extend(mail_options)
+            status = "250 OK"
+        log.info("%r sender: %s", self.session.peer, address)
+        await self.push(status)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: Optional[str]) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("RCPT"):
+            return
+        assert self.session is not None and self.envelope is not None
+        if not self.envelope.mail_from:
+            await self.push("503 Error: need MAIL command")
+            return
+        syntaxerr = self._syntax_error("RCPT TO: <address>", " [SP <mail-parameters>]")
+        if arg is None:
+            await self.push(syntaxerr)
+            return
+        arg = self._strip_command_keyword("TO:", arg)
+        if arg is None:
+            await self.push(syntaxerr)
+            return
+        address, rest = self._getaddr(arg)
+        # Decision (smtp.md 8.9): there is no null forward-path.
+        if address is None or address == "<>":
+            await self.push("553 5.1.3 Error: malformed address")
+            return
+        if not address or (rest and not self.session.extended_smtp):
+            await self.push(syntaxerr)
+            return
+        rcpt_options = (rest or "").upper().split()
+        params = self._getparams(rcpt_options)
+        if params is None:
+            await self.push(syntaxerr)
+            return
+        if params:
+            await self.push("555 RCPT TO parameters not recognized or not implemented")
+            return
+        status = await self._call_handler_hook("RCPT", address, rcpt_options)
+        if status is MISSING:
+            self.envelope.rcpt_tos.append(address)
+            self.envelope.rcpt_options.extend(rcpt_options)
+            status = "250 OK"
+        log.info("%r recip: %s", self.session.peer, address)
+        await self.push(status)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: Optional[str]) -> None:
+        if await self.check_auth_needed("VRFY"):
+            return
+        if not arg:
+            await self.push("501 Syntax: VRFY <address>")
+            return
+        address, _ = self._getaddr(arg)
+        if address is None:
+            await self.push(f"502 Could not VRFY {arg}")
+            return
+        status = await self._call_handler_hook("VRFY", address)
+        if status is MISSING:
+            status = "252 Cannot VRFY user, but will accept message and attempt delivery"
+        await self.push(status)
+
+    async def smtp_EXPN(self, arg: Optional[str]) -> None:
+        await self.push("502 EXPN not implemented")
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: Optional[str]) -> None:
+        if await self.check_auth_needed("HELP"):
+            return
+        assert self.session is not None
+        code = 250
+        if arg:
+            method = self._smtp_methods.get(arg.upper())
+            if method is not None and self._syntax_available(method):
+                help_str: str = method.__smtp_syntax__  # type: ignore[attr-defined]
+                extended = method.__smtp_syntax_extended__  # type: ignore[attr-defined]
+                if self.session.extended_smtp and extended:
+                    help_str += extended
+                await self.push(f"250 Syntax: {help_str}")
+                return
+            code = 501
+        commands = " ".join(
+            sorted(n for n, m in self._smtp_methods.items() if self._syntax_available(m))
+        )
+        await self.push(f"{code} Supported commands: {commands}")
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: Optional[str]) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.session is not None and self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            reader = await self._read_data()
+        except (asyncio.CancelledError, ConnectionResetError):
+            log.info("Connection lost during DATA")
+            raise
+        if reader.error is DataError.TOO_LONG:
+            self._set_post_data_state()
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            return
+        if reader.error is DataError.TOO_MUCH:
+            self._set_post_data_state()
+            await self.push("552 Error: Too much mail data")
+            return
+        assert reader.content is not None
+        if log.isEnabledFor(logging.DEBUG):
+            for data_line in reader.content.splitlines(keepends=True):
+                log.debug("DATA readline: %s", data_line)
+        if self._strict_line_endings and has_bare_cr_or_lf(reader.content):
+            self._set_post_data_state()
+            await self.push("554 5.6.0 Error: bare CR or LF in message data")
+            return
+        original_content = unstuff(reader.content)
+        content: Union[bytes, str] = original_content
+        if self._decode_data:
+            if self.enable_SMTPUTF8:
+                content = original_content.decode("utf-8", errors="surrogateescape")
+            else:
+                try:
+                    content = original_content.decode("ascii", errors="strict")
+                except UnicodeDecodeError:
+                    # Decision (smtp.md 8.8): reset here too, as after the
+                    # other DATA errors.
+                    self._set_post_data_state()
+                    await self.push("500 Error: strict ASCII mode")
+                    return
+        self.envelope.content = content
+        self.envelope.original_content = original_content
+        await self._deliver()
+
+    async def _deliver(self) -> None:
+        """Hand the received message to the handler and reply (LMTP overrides)."""
+        assert self.session is not None and self.envelope is not None
+        status: Any = MISSING
+        if "DATA" in self._handle_hooks:
+            status = await self._call_handler_hook("DATA")
+        else:
+            process_message = getattr(self.event_handler, "process_message", None)
+            if process_message is not None:
+                warnings.warn(
+                    "Use handler.handle_DATA() instead of .process_message()",
+                    DeprecationWarning, stacklevel=2,
+                )
+                envelope = self.envelope
+                args = (self.session.peer, envelope.mail_from, envelope.rcpt_tos, envelope.content)
+                if asyncio.iscoroutinefunction(process_message):
+                    status = await process_message(*args)
+                else:
+                    status = process_message(*args)
+                if status is None:
+                    status = MISSING
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_data(self) -> DataReader:
+        """Read DATA content up to the terminator, in as few steps as the
+        network allows: each wake-up scans everything received so far."""
+        reader = DataReader(self.data_size_limit, self.line_length_limit)
+        buf = self._buf
+        self._in_data = True
+        self._resume_reading()
+        try:
+            seen = len(buf)
+            while True:
+                consumed = reader.feed(buf)
+                if consumed is not None:
+                    del buf[:consumed]
+                    return reader
+                # Decision (smtp.md 7.5): a client that keeps completing
+                # lines is not idle.
+                if buf.find(b"\n", max(0, min(seen, len(buf)) - 1)) >= 0:
+                    self._reset_timeout()
+                await self._wait_for_data()
+                seen = len(buf)
+        finally:
+            self._in_data = False
+
+def _describe_error(error: BaseException) -> str:
+    try:
+        return f"500 Error: ({error.__class__.__name__}) {error}"
+    except Exception:
+        return "500 Error: Cannot describe error"
+
