@@ -1,13 +1,61 @@
-"""The PROXY protocol step at the start of an SMTP connection."""
+"""The PROXY protocol step at the start of an SMTP connection (proxy-protocol 1.2).
+
+The header is parsed straight from the connection's receive buffer; bytes
+after it stay there for the SMTP session.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
+
+from aiosmtpd._hooks import MISSING
+from aiosmtpd.proxy_protocol import scan_proxy_header
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import SMTP
 
+log = logging.getLogger("mail.log")
+
 
 async def accept_proxy_header(server: SMTP) -> bool:
-    """Read the PROXY header; return False when the connection must close."""
-    raise NotImplementedError("PROXY protocol support is being written")
+    """Read the PROXY header; return False when the connection must close.
+
+    The whole handshake, including the ``handle_PROXY`` hook, must finish
+    within ``proxy_protocol_timeout``; nothing is ever sent to the client
+    before the header is accepted.
+    """
+    assert server.session is not None and server._proxy_timeout is not None
+    session = server.session
+    peer = session.peer
+    server._set_timeout(server._proxy_timeout)
+    log.debug("%r waiting PROXY handshake", peer)
+    buf = server._buf
+    while True:
+        scan = scan_proxy_header(buf)
+        if scan.data is not None:
+            break
+        await server._wait_for_data()
+    proxy_data = scan.data
+    session.proxy_data = proxy_data
+    status: object = False
+    if proxy_data:
+        log.info("%r valid PROXY handshake", peer)
+        try:
+            status = await server._call_handler_hook("PROXY", proxy_data)
+        except Exception:
+            # Decision (proxy-protocol 1.2): upstream left the connection
+            # hanging until the PROXY timer fired.
+            log.exception("%r handle_PROXY raised an exception", peer)
+            status = False
+        log.debug("%r handle_PROXY returned %r", peer, status)
+    else:
+        log.warning("%r invalid PROXY handshake", peer)
+    if status is MISSING or not status:
+        log.info("%r rejected by handle_PROXY", peer)
+        if server.transport is not None:
+            server.transport.close()
+        return False
+    del buf[: scan.consumed]
+    server._set_timeout(server._idle_timeout)
+    return True

@@ -231,6 +231,9 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
                     "this might cause client connection problems"
                 )
         self.require_starttls = tls_context and require_starttls
+        # The idle timeout; _timeout_duration is the one running now (the
+        # PROXY handshake has its own).
+        self._idle_timeout = timeout
         self._timeout_duration = timeout
         self._timeout_handle: Optional[asyncio.TimerHandle] = None
         self._last_activity = 0.0
@@ -432,6 +435,14 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
             self._timeout_handle = self.loop.call_at(
                 self._last_activity + self._timeout_duration, self._timeout_cb
             )
+
+    def _set_timeout(self, duration: float) -> None:
+        """Restart the inactivity timer with a new duration."""
+        self._timeout_duration = duration
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+            self._timeout_handle = None
+        self._reset_timeout()
 
     def _timeout_cb(self) -> None:
         self._timeout_handle = None
