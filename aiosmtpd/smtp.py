@@ -29,8 +29,10 @@ from aiosmtpd._auth import (
     AuthenticatorType,
     AuthMechanismType,
     AuthMixin,
+    AuthResult,  # noqa: F401 - public, outside __all__ (smtp.md 2.1)
     LoginPassword,
     auth_mechanism,
+    login_always_fail,  # noqa: F401 - public default auth_callback
     sanitize,
     sanitized_log,
 )
@@ -456,15 +458,17 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
 
     # -- Replies --------------------------------------------------------------------
 
-    async def push(self, status: Union[str, bytes]) -> None:
+    def _encode(self, status: Union[str, bytes]) -> bytes:
         if isinstance(status, str):
-            data = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
-        elif isinstance(status, bytes):
-            data = status
-        else:
-            raise TypeError(
-                f"push() argument must be str or bytes, not {type(status).__name__}"
-            )
+            return status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        if isinstance(status, bytes):
+            return status
+        raise TypeError(f"push() argument must be str or bytes, not {type(status).__name__}")
+
+    async def push(self, status: Union[str, bytes]) -> None:
+        await self._write(self._encode(status))
+
+    async def _write(self, data: bytes) -> None:
         transport = self.transport
         if transport is None:
             raise ConnectionResetError("Connection lost")
@@ -473,6 +477,12 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
             log.debug("%r << %r", self.session.peer if self.session else None, data)
         if self._paused:  # type: ignore[attr-defined]
             await self._drain_helper()  # type: ignore[attr-defined]
+
+    async def _push_lines(self, lines: list[Union[str, bytes]]) -> None:
+        """Push several reply lines with one transport write: a multi-line
+        reply sent line by line costs a syscall and a TCP segment per line."""
+        if lines:
+            await self._write(b"\r\n".join([self._encode(line) for line in lines]))
 
     async def handle_exception(self, error: Exception) -> Any:
         handler_method = getattr(self.event_handler, "handle_exception", None)
@@ -722,14 +732,14 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
         else:
             lines.append("250 HELP")
             lines = await self._call_handler_hook("EHLO", hostname, lines)
+        if ehlo_hook is None:
+            await self._push_lines(lines)
+            return
         # Decision (smtp.md 8.2): the deprecated ehlo_hook runs just before
         # the final line, as upstream documented, not before the first.
-        for line in lines[:-1]:
-            await self.push(line)
-        if ehlo_hook is not None:
-            await ehlo_hook()
-        if lines:
-            await self.push(lines[-1])
+        await self._push_lines(lines[:-1])
+        await ehlo_hook()
+        await self._push_lines(lines[-1:])
 
     @syntax("NOOP [ignored]")
     async def smtp_NOOP(self, arg: Optional[str]) -> None:
