@@ -15,7 +15,7 @@ import socket
 import ssl
 import time
 import warnings
-from collections.abc import Awaitable, MutableMapping
+from collections.abc import Awaitable, MutableMapping, Sequence
 from typing import (
     Any,
     Callable,
@@ -478,7 +478,7 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
         if self._paused:  # type: ignore[attr-defined]
             await self._drain_helper()  # type: ignore[attr-defined]
 
-    async def _push_lines(self, lines: list[Union[str, bytes]]) -> None:
+    async def _push_lines(self, lines: Sequence[Union[str, bytes]]) -> None:
         """Push several reply lines with one transport write: a multi-line
         reply sent line by line costs a syscall and a TCP segment per line."""
         if lines:
