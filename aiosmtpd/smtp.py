@@ -125,6 +125,8 @@ class _CommandSizeLimits(dict[str, int]):
     without being inserted (upstream's class-wide defaultdict grew and was
     shared between connections, smtp.md 6.3)."""
 
+    __slots__ = ("default",)
+
     def __init__(self, default: int, *args: Any) -> None:
         super().__init__(*args)
         self.default = default
@@ -148,6 +150,19 @@ def _names_with_prefix(obj: Any, prefix: str) -> list[str]:
         names = _members_cache[key] = tuple(n for n in dir(cls) if n.startswith(prefix))
     own = [n for n in getattr(obj, "__dict__", ()) if n.startswith(prefix) and n not in names]
     return [*names, *own] if own else list(names)
+
+
+_command_cache: dict[type, frozenset[str]] = {}
+
+
+def _command_names(server: Any) -> frozenset[str]:
+    """The verbs of a server's ``smtp_<VERB>`` methods, computed once per class."""
+    cls = type(server)
+    names = _command_cache.get(cls)
+    if names is None:
+        names = _command_cache[cls] = frozenset(n[5:] for n in dir(cls) if n.startswith("smtp_"))
+    own = [n[5:] for n in getattr(server, "__dict__", ()) if n.startswith("smtp_")]
+    return names.union(own) if own else names
 
 
 _ehlo_arity_cache: dict[Any, int] = {}
@@ -177,6 +192,21 @@ _MAX_COMMAND_BUFFER = 64 * 1024
 
 class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
     """An asyncio protocol serving one SMTP connection."""
+
+    # Slots keep a connection small: with its base class's attributes the
+    # instance dict would outgrow CPython's compact shared-key layout.
+    # Subclasses still get a __dict__ (from the asyncio base class).
+    __slots__ = (
+        "event_handler", "data_size_limit", "enable_SMTPUTF8", "hostname", "tls_context",
+        "require_starttls", "session", "envelope", "transport", "loop",
+        "_decode_data", "_strict_line_endings", "_idle_timeout", "_timeout_duration",
+        "_timeout_handle", "_last_activity", "_proxy_timeout", "_handle_hooks",
+        "_ehlo_hook_ver", "_call_limit_base", "_call_limit_default", "_smtp_commands",
+        "_buf", "_waiter", "_reading_paused", "_in_data", "_handler_coroutine",
+        "_original_transport", "_tls_active", "_tls_handshake_okay",
+        "_auth_required", "_auth_require_tls", "_authenticator", "_auth_callback",
+        "_auth_methods",
+    )
 
     command_size_limit = 512
     command_size_limits: MutableMapping[str, int] = {}
@@ -299,9 +329,9 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
         self.command_size_limits = _CommandSizeLimits(
             self.command_size_limit, type(self).command_size_limits
         )
-        self._smtp_methods: dict[str, Callable[[Optional[str]], Awaitable[Any]]] = {
-            name[5:]: getattr(self, name) for name in _names_with_prefix(self, "smtp_")
-        }
+        # Names only: binding a method per command per connection costs
+        # memory on every idle connection; commands are bound when used.
+        self._smtp_commands = _command_names(self)
 
         self.transport: Optional[asyncio.BaseTransport] = None
         self.session: Optional[Session] = None
@@ -345,6 +375,11 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
 
     def _getparams(self, params: list[str]) -> Optional[dict[str, Union[str, bool]]]:
         return _grammar.get_params(params)
+
+    def _command_method(self, command: str) -> Optional[Callable[[Optional[str]], Awaitable[Any]]]:
+        if command in self._smtp_commands:
+            return getattr(self, "smtp_" + command)  # type: ignore[no-any-return]
+        return None
 
     def _syntax_available(self, method: Any) -> bool:
         if not hasattr(method, "__smtp_syntax__"):
@@ -607,7 +642,7 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
                         self.transport.close()
                         break
                     call_limits[command] = budget - 1
-                method = self._smtp_methods.get(command)
+                method = self._command_method(command)
                 if method is None:
                     log.warning("%r unrecognised: %s", peer, command)
                     bogus_budget -= 1
@@ -911,7 +946,7 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
         assert self.session is not None
         code = 250
         if arg:
-            method = self._smtp_methods.get(arg.upper())
+            method = self._command_method(arg.upper())
             if method is not None and self._syntax_available(method):
                 help_str: str = method.__smtp_syntax__  # type: ignore[attr-defined]
                 extended = method.__smtp_syntax_extended__  # type: ignore[attr-defined]
@@ -921,7 +956,9 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
                 return
             code = 501
         commands = " ".join(
-            sorted(n for n, m in self._smtp_methods.items() if self._syntax_available(m))
+            sorted(
+                n for n in self._smtp_commands if self._syntax_available(self._command_method(n))
+            )
         )
         await self.push(f"{code} Supported commands: {commands}")
 
