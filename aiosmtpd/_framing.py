@@ -107,7 +107,7 @@ class DataReader:
             return self._finish(buf, i + 2, i + 5)
         self._scanned = len(buf)
         if self.error is None:
-            self._check_size(buf)
+            self._check(buf, len(buf))
         if self.error is not None and len(buf) > 4:
             # Rejected already: keep only what may start the terminator.
             drop = len(buf) - 4
@@ -116,25 +116,42 @@ class DataReader:
             self._scanned = 4
         return None
 
-    def _check_size(self, buf: bytearray) -> None:
-        limit = self.size_limit
-        # The last three bytes may yet turn out to be ". CRLF" of the end.
-        if limit is not None and len(buf) - 3 > limit:
-            self._reject(buf, len(buf))
+    def _check(self, buf: bytearray, end: int, final: bool = False) -> None:
+        """Set :attr:`error` if the content ``buf[:end]`` breaks a limit.
 
-    def _reject(self, buf: bytearray, end: int) -> None:
-        # The size limit is broken; a long line before that point came first.
-        if find_long_line(buf, self.line_limit, 0, end) is not None:
+        Limits apply line by line, in order, as upstream reads them: a line
+        that is too long is rejected before its bytes are counted, so a long
+        line wins over the size only if it comes no later than the line that
+        carries the content past the size limit.  Unless ``final``, the last
+        line of ``buf[:end]`` may be incomplete, and may yet become the
+        terminator.  Assumes ``line_limit >= 3`` (the terminator's length).
+        """
+        limit = self.size_limit
+        if limit is not None and end > limit:
+            # The line holding byte number ``limit`` is the one whose bytes
+            # take the count past the limit.
+            start = buf.rfind(b"\r\n", 0, limit)
+            start = 0 if start < 0 else start + 2
+            crlf = buf.find(b"\r\n", start, end)
+            if crlf >= 0:
+                if find_long_line(buf, self.line_limit, 0, crlf + 2) is not None:
+                    self.error = DataError.TOO_LONG
+                else:
+                    self.error = DataError.TOO_MUCH
+                return
+            # That line is not complete (so not ``final``): it may yet turn
+            # out too long, or be the terminator.  Decide once it is
+            # complete, or as soon as it is too long whatever follows.
+            if end - start >= self.line_limit:
+                self.error = DataError.TOO_LONG
+            return
+        # Within the size limit: the lines are checked once, at the end.
+        if final and find_long_line(buf, self.line_limit, 0, end) is not None:
             self.error = DataError.TOO_LONG
-        else:
-            self.error = DataError.TOO_MUCH
 
     def _finish(self, buf: bytearray, content_end: int, consumed: int) -> int:
         if self.error is None:
-            if self.size_limit is not None and content_end > self.size_limit:
-                self._reject(buf, content_end)
-            elif find_long_line(buf, self.line_limit, 0, content_end) is not None:
-                self.error = DataError.TOO_LONG
-            else:
+            self._check(buf, content_end, final=True)
+            if self.error is None:
                 self.content = bytes(memoryview(buf)[:content_end])
         return consumed

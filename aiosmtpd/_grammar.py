@@ -25,7 +25,10 @@ __all__ = [
 # ``tests/test_grammar.py`` checks the equivalence with hypothesis.
 _SIMPLE_ANGLE_ADDR = re.compile(
     r"<([A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*"
-    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?:[ \t]+(?![ \t(])|$)"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>"
+    # After the '>', the stdlib parser skips folding white space, which is
+    # any str.isspace() run once it starts with SP or HTAB, and comments.
+    r"(?:[ \t]\s*(?![\s(])|\Z)"
 )
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -55,16 +58,21 @@ def _parse_with_stdlib(arg: str) -> AddressResult:
             token, rest = get_angle_addr(arg)
             # Decision (smtp.md 8.9): an angle-addr without its closing '>'
             # is malformed; upstream silently accepted it.
-            for defect in token.all_defects:
+            # The parser records this defect on the angle-addr token itself.
+            # (Not all_defects: walking it crashes on some inputs, '<a@[b>'.)
+            for defect in token.defects:
                 if isinstance(defect, InvalidHeaderDefect) and "trailing '>'" in str(
                     defect
                 ):
                     return None, None
         else:
             token, rest = get_addr_spec(arg)
-    except HeaderParseError:
+        address = token.addr_spec
+    except (HeaderParseError, IndexError, AttributeError):
+        # The stdlib parser crashes on some truncated inputs: IndexError for
+        # '<', '<@', '"', AttributeError for 'a@[b'; upstream replied
+        # "500 Error: (IndexError) ...".  They are malformed addresses.
         return None, None
-    address = token.addr_spec
     if address is None:  # pragma: no cover - the parsers always set it
         return None, None
     return address, rest

@@ -72,13 +72,17 @@ class StartTLSMixin:
                 self.tls_context,
                 server_side=True,
             )
-        except (asyncio.CancelledError, ConnectionResetError):
+        except asyncio.CancelledError:
             raise
         except Exception as error:
+            # A client that disconnects mid-handshake is a failed handshake
+            # too: handle_exception sees it (auth-tls 9.5).
             raise TLSSetupException("Unable to set up TLS") from error
         if tls_transport is None:  # pragma: no cover - start_tls returns one
             raise TLSSetupException("Unable to set up TLS")
-        self._buf.clear()
+        # Not clearing _buf again here: it can only hold data decrypted by
+        # the TLS layer, and a TLS 1.3 client may already have sent its
+        # first command along with its Finished message.
         self._original_transport = transport
         self.transport = tls_transport
         self._tls_active = True

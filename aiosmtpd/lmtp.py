@@ -1,0 +1,117 @@
+"""LMTP (RFC 2033): the SMTP server speaking ``LHLO`` instead of HELO/EHLO."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from typing import Any, Optional, Union
+
+from aiosmtpd.smtp import MISSING, SMTP, syntax
+
+__all__ = ["LMTP"]
+
+# LHLO is the greeting of LMTP, so it must pass the STARTTLS gate; EHLO stays
+# allowed there only to get its "not recognized" reply (lmtp.md 4, item 2).
+_ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "LHLO", "EHLO", "STARTTLS", "QUIT"})
+
+
+class LMTP(SMTP):
+    """An LMTP server: one instance per connection, like :class:`SMTP`.
+
+    ``per_recipient_replies`` (keyword-only, default ``False``) makes the
+    server send one reply per accepted recipient after DATA, as RFC 2033
+    requires, whenever the handler leaves the reply to the server (no
+    ``handle_DATA``, or a "default" result) and for the server's own
+    post-DATA errors. It is off by default because clients such as
+    :class:`smtplib.LMTP` read only one reply. Independently of the flag, a
+    ``handle_DATA`` returning a list or tuple gets one reply line per element.
+    """
+
+    # Kept for compatibility; upstream never used it either.
+    show_smtp_greeting: bool = False
+
+    def __init__(self, handler: Any, *, per_recipient_replies: bool = False, **kwargs: Any) -> None:
+        self.per_recipient_replies = per_recipient_replies
+        # How many times the next reply is to be sent: set when a DATA
+        # transaction ends with a reply that stands for every recipient.
+        self._reply_repeat = 0
+        self._delivering = False
+        super().__init__(handler, **kwargs)
+
+    @syntax("LHLO hostname")
+    async def smtp_LHLO(self, arg: Optional[str]) -> None:
+        if not arg:
+            await self.push("501 Syntax: LHLO hostname")
+            return
+        await self._ehlo(arg)
+
+    # No @syntax on these two: that keeps them out of HELP.
+    async def smtp_HELO(self, arg: Optional[str]) -> None:
+        await self.push('500 Error: command "HELO" not recognized')
+
+    async def smtp_EHLO(self, arg: Optional[str]) -> None:
+        await self.push('500 Error: command "EHLO" not recognized')
+
+    async def check_helo_needed(self, helo: str = "LHLO") -> bool:
+        # The inherited callers ask for HELO (MAIL/RCPT/DATA) or EHLO (AUTH),
+        # neither of which LMTP accepts.
+        if helo in ("HELO", "EHLO"):
+            helo = "LHLO"
+        return await super().check_helo_needed(helo)
+
+    def _allowed_before_starttls(self) -> frozenset[str]:
+        return _ALLOWED_BEFORE_STARTTLS
+
+    # -- Replies after DATA -------------------------------------------------------
+
+    def _set_post_data_state(self) -> None:
+        # Every DATA outcome passes here right before its reply. Outside
+        # delivery (i.e. a server-side error such as "552 Too much mail
+        # data") that reply concerns every recipient.
+        if self.per_recipient_replies and not self._delivering and self.envelope:
+            self._reply_repeat = len(self.envelope.rcpt_tos)
+        super()._set_post_data_state()
+
+    async def push(self, status: Union[str, bytes]) -> None:
+        repeat, self._reply_repeat = self._reply_repeat, 0
+        for _ in range(max(repeat, 1)):
+            await super().push(status)
+
+    async def _deliver(self) -> None:
+        assert self.session is not None and self.envelope is not None
+        rcpt_count = len(self.envelope.rcpt_tos)
+        status = await self._delivery_status()
+        self._delivering = True
+        try:
+            self._set_post_data_state()
+        finally:
+            self._delivering = False
+        if isinstance(status, (list, tuple)):
+            for reply in status:
+                await self.push(reply)
+        elif status is MISSING:
+            for _ in range(rcpt_count if self.per_recipient_replies else 1):
+                await self.push("250 OK")
+        else:
+            await self.push(status)
+
+    async def _delivery_status(self) -> Any:
+        """The handler's verdict on the received message, or MISSING."""
+        assert self.session is not None and self.envelope is not None
+        if "DATA" in self._handle_hooks:
+            return await self._call_handler_hook("DATA")
+        process_message = getattr(self.event_handler, "process_message", None)
+        if process_message is None:
+            return MISSING
+        warnings.warn(
+            "Use handler.handle_DATA() instead of .process_message()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        envelope = self.envelope
+        args = (self.session.peer, envelope.mail_from, envelope.rcpt_tos, envelope.content)
+        if asyncio.iscoroutinefunction(process_message):
+            status = await process_message(*args)
+        else:
+            status = process_message(*args)
+        return MISSING if status is None else status

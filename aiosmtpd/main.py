@@ -1,0 +1,366 @@
+"""The command-line program: ``python -m aiosmtpd`` / ``aiosmtpd``."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import ssl
+import sys
+import weakref
+from argparse import ArgumentParser, Namespace
+from contextlib import suppress
+from importlib import import_module
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from aiosmtpd import __version__
+from aiosmtpd._loop import get_or_new_eventloop
+from aiosmtpd.smtp import DATA_SIZE_DEFAULT as DATA_SIZE_DEFAULT  # re-exported for user code
+from aiosmtpd.smtp import SMTP
+
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Sequence
+
+try:
+    import pwd
+except ImportError:  # pragma: no cover - non-POSIX platforms
+    pwd = None  # type: ignore[assignment]
+
+__all__ = ["main"]
+
+log = logging.getLogger("mail.log")
+
+DEFAULT_HOST = "localhost"
+DEFAULT_PORT = 8025
+DEFAULT_CLASS = "aiosmtpd.handlers.Debugging"
+
+# Computed once at import, as upstream does: the console script shows its own
+# path, ``python -m aiosmtpd`` shows a friendly name.
+PROGRAM = "aiosmtpd" if "__main__.py" in sys.argv[0] else sys.argv[0]
+
+
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog=PROGRAM, description="An RFC 5321 SMTP server with extensions.")
+    parser.add_argument("-v", "--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "-n",
+        "--nosetuid",
+        dest="setuid",
+        default=True,
+        action="store_false",
+        help=(
+            "Keep running as the invoking user. Without this option the server "
+            'switches to the "nobody" user after binding its socket, which '
+            "only works when started as root."
+        ),
+    )
+    parser.add_argument(
+        "-c",
+        "--class",
+        dest="classpath",
+        metavar="CLASSPATH",
+        default=DEFAULT_CLASS,
+        help=(
+            "Dotted import path of the handler class, e.g. "
+            f"aiosmtpd.handlers.Sink. Default: {DEFAULT_CLASS}"
+        ),
+    )
+    parser.add_argument(
+        "-s",
+        "--size",
+        metavar="SIZE",
+        type=int,
+        help=(
+            "Largest accepted message, in bytes (RFC 1870 SIZE). "
+            "Default: no limit, and SIZE is not advertised; 0 also means no limit."
+        ),
+    )
+    parser.add_argument(
+        "-u",
+        "--smtputf8",
+        default=False,
+        action="store_true",
+        help="Offer the SMTPUTF8 extension (RFC 6531). Off by default.",
+    )
+    parser.add_argument(
+        "-d",
+        "--debug",
+        default=0,
+        action="count",
+        help=(
+            "More logging on stderr: -d for INFO, -dd for DEBUG, "
+            "-ddd also turns on asyncio debug mode."
+        ),
+    )
+    parser.add_argument(
+        "-l",
+        "--listen",
+        metavar="[HOST][:PORT]",
+        nargs="?",
+        help=(
+            f"Address to listen on. HOST defaults to {DEFAULT_HOST} and PORT to "
+            f"{DEFAULT_PORT}. Write IPv6 addresses in brackets, e.g. [::1]:2525."
+        ),
+    )
+    parser.add_argument(
+        "--smtpscert",
+        metavar="CERTFILE",
+        help="Certificate for implicit TLS (SMTPS); needs --smtpskey.",
+    )
+    parser.add_argument(
+        "--smtpskey",
+        metavar="KEYFILE",
+        help="Private key for implicit TLS (SMTPS); needs --smtpscert.",
+    )
+    parser.add_argument(
+        "--tlscert",
+        metavar="CERTFILE",
+        help="Certificate enabling STARTTLS; needs --tlskey.",
+    )
+    parser.add_argument(
+        "--tlskey",
+        metavar="KEYFILE",
+        help="Private key for STARTTLS; needs --tlscert.",
+    )
+    parser.add_argument(
+        "--no-requiretls",
+        dest="requiretls",
+        default=True,
+        action="store_false",
+        help=(
+            "With STARTTLS configured, let clients send mail without "
+            "STARTTLS (by default they must use it first)."
+        ),
+    )
+    parser.add_argument(
+        "classargs",
+        metavar="CLASSARGS",
+        nargs="*",
+        help=(
+            "Extra arguments passed to the handler class's from_cli(). "
+            "Put -- before arguments that start with a dash."
+        ),
+    )
+    return parser
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _port(text: str) -> int:
+    if not text:
+        return DEFAULT_PORT
+    # int() rather than a digit check: upstream accepts " 2525" and "-1" here
+    # and leaves range errors to bind().
+    return int(text)
+
+
+def parse_listen(value: Optional[str]) -> tuple[str, int]:
+    """Split a ``-l`` value into host and port.
+
+    Raises ``ValueError`` whose text is the offending port string.
+    """
+    if value is None:
+        return DEFAULT_HOST, DEFAULT_PORT
+    if value.startswith("[") and "]" in value:
+        host, _, rest = value[1:].partition("]")
+        if rest == "" or rest.startswith(":"):
+            try:
+                return host, _port(rest[1:])
+            except ValueError:
+                raise ValueError(rest[1:]) from None
+    elif value.count(":") >= 2:
+        # Several colons and no brackets: an IPv6 literal, possibly followed
+        # by :PORT. Only split when both halves make sense, so every value
+        # upstream could use keeps its meaning (e.g. fe80::1:2525).
+        addr, _, port = value.rpartition(":")
+        if port.isascii() and port.isdigit() and _is_ipv6(addr):
+            return addr, int(port)
+        return value, DEFAULT_PORT
+    host, colon, port = value.rpartition(":")
+    if not colon:
+        return value, DEFAULT_PORT
+    try:
+        return host or DEFAULT_HOST, _port(port)
+    except ValueError:
+        raise ValueError(port) from None
+
+
+def _load_class(classpath: str) -> Any:
+    # rpartition: a dotless path gives an empty module name, which
+    # import_module rejects with "Empty module name", as upstream reports.
+    module_path, _, class_name = classpath.rpartition(".")
+    module = import_module(module_path)
+    return getattr(module, class_name)
+
+
+def parseargs(args: Optional[Sequence[str]] = None) -> tuple[ArgumentParser, Namespace]:
+    """Parse and validate the command line; exits with status 2 on errors."""
+    parser = _parser()
+    parsed = parser.parse_args(args)
+    if parsed.size is not None and parsed.size < 0:
+        # Checked before the handler is built so that a bad size has no side
+        # effects (a Mailbox handler creates its directory).
+        parser.error(f"Invalid size: {parsed.size}")
+    handler_class = _load_class(parsed.classpath)
+    if hasattr(handler_class, "from_cli"):
+        parsed.handler = handler_class.from_cli(parser, *parsed.classargs)
+    elif parsed.classargs:
+        # Names the module, not the class: kept from upstream on purpose.
+        module_path = parsed.classpath.rpartition(".")[0]
+        parser.error(f"Handler class {module_path} takes no arguments")
+    else:
+        parsed.handler = handler_class()
+    try:
+        parsed.host, parsed.port = parse_listen(parsed.listen)
+    except ValueError as e:
+        parser.error(f"Invalid port number: {e}")
+    for kind in ("smtps", "tls"):
+        cert = getattr(parsed, f"{kind}cert")
+        key = getattr(parsed, f"{kind}key")
+        if (cert is None) != (key is None):
+            parser.error(f"--{kind}cert and --{kind}key must be specified together")
+        if cert is not None and not Path(cert).exists():
+            parser.error(f"Cert file {cert} not found")
+        if key is not None and not Path(key).exists():
+            parser.error(f"Key file {key} not found")
+    return parser, parsed
+
+
+def _server_tls_context(cert: Optional[str], key: Optional[str]) -> Optional[ssl.SSLContext]:
+    if cert is None or key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.check_hostname = False
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def _setuid_failed() -> None:
+    print('Cannot setuid "nobody"; try running with -n option.', file=sys.stderr)
+    sys.exit(1)
+
+
+def _lookup_nobody() -> Any:
+    if pwd is None:  # pragma: no cover - non-POSIX platforms
+        print('Cannot import module "pwd"; try running with -n option.', file=sys.stderr)
+        sys.exit(1)
+    return pwd.getpwnam("nobody")
+
+
+def _preload() -> None:
+    """Import now what serving would import lazily.
+
+    After the drop, the Python installation may be unreadable (e.g. one
+    installed under /root), and a lazy import would then fail on the first
+    connection instead of at startup.
+    """
+    import email.feedparser  # noqa: F401 - message parsing in handlers
+    import email.parser  # noqa: F401
+    import encodings.idna  # noqa: F401 - socket.getfqdn()
+
+
+def _drop_privileges(nobody: Any) -> None:
+    # Supplementary groups and the primary group first: once the uid is
+    # gone we could no longer shed root's groups.
+    try:
+        os.setgroups([])
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+    except PermissionError:
+        _setuid_failed()
+
+
+def _configure_logging(debug: int, loop: asyncio.AbstractEventLoop) -> None:
+    logging.basicConfig(level=logging.ERROR)
+    if debug >= 1:
+        log.setLevel(logging.INFO)
+    if debug >= 2:
+        log.setLevel(logging.DEBUG)
+    if debug >= 3:
+        loop.set_debug(True)
+
+
+def _shutdown(
+    loop: asyncio.AbstractEventLoop,
+    server: asyncio.Server,
+    sessions: weakref.WeakSet[SMTP],
+) -> None:
+    server.close()
+    log.debug("Completed asyncio loop")
+    # Since Python 3.12 wait_closed() waits for every client; dropping the
+    # connections keeps Ctrl-C prompt whatever the clients do.
+    for protocol in list(sessions):
+        transport = protocol.transport
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()
+        elif transport is not None:
+            transport.close()
+    loop.run_until_complete(server.wait_closed())
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.close()
+
+
+def main(args: Optional[Sequence[str]] = None) -> None:
+    """Run the SMTP server from the command line (``args`` default: sys.argv)."""
+    _parser_, parsed = parseargs(args)
+    nobody = _lookup_nobody() if parsed.setuid else None
+
+    # Key files are read and the port is bound before giving up root, so
+    # root-only keys and privileged ports work.
+    tls_context = _server_tls_context(parsed.tlscert, parsed.tlskey)
+    smtps_context = _server_tls_context(parsed.smtpscert, parsed.smtpskey)
+
+    loop = get_or_new_eventloop()
+    _configure_logging(parsed.debug, loop)
+
+    sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
+
+    def factory() -> SMTP:
+        protocol = SMTP(
+            parsed.handler,
+            data_size_limit=parsed.size,
+            enable_SMTPUTF8=parsed.smtputf8,
+            tls_context=tls_context,
+            require_starttls=parsed.requiretls,
+        )
+        sessions.add(protocol)
+        return protocol
+
+    # A future rather than loop.stop(): a Ctrl-C arriving while the socket
+    # is being bound then still ends the program cleanly.
+    stop: asyncio.Future[None] = loop.create_future()
+
+    def request_stop() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    with suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGINT, request_stop)
+
+    log.debug("Attempting to start server on %s:%s", parsed.host, parsed.port)
+    server = loop.run_until_complete(
+        loop.create_server(factory, host=parsed.host, port=parsed.port, ssl=smtps_context)
+    )
+    if nobody is not None:
+        _preload()
+        _drop_privileges(nobody)
+    log.debug("server_loop = %r", server)
+    log.info("Server is listening on %s:%s", parsed.host, parsed.port)
+
+    log.debug("Starting asyncio loop")
+    with suppress(KeyboardInterrupt):
+        loop.run_until_complete(stop)
+    _shutdown(loop, server, sessions)

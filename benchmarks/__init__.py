@@ -1,0 +1,1 @@
+"""Side-by-side SMTP server benchmarks: ``python3 -m benchmarks`` (see README.md)."""

@@ -1,0 +1,232 @@
+"""The one command: ``python3 -m benchmarks [--quick]`` (see benchmarks/README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks import launch, report
+from benchmarks.postfix import cache_dir, fetch, postfix_tool
+from benchmarks.scenarios import RunResult, Scenario, run_one, scenarios
+from benchmarks.tlscert import make_tls_files
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DOCS_CHART = launch.REPO / "docs" / "_static" / "performance.png"
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    names = [s.name for s in scenarios(quick=False)]
+    p = argparse.ArgumentParser(
+        prog="python3 -m benchmarks",
+        description="Side-by-side SMTP server benchmark: project vs upstream 1.4.6 "
+        "vs a pure-Python floor vs Postfix smtp-sink.",
+    )
+    p.add_argument("--quick", action="store_true", help="small workloads, 1 repetition (< 1 min)")
+    p.add_argument("--reps", type=int, help="repetitions (default: 5 full, 1 quick)")
+    p.add_argument("--kinds", default=",".join(launch.KINDS),
+                   help="comma-separated server kinds (default: %(default)s)")
+    p.add_argument("--scenarios", default=",".join(names),
+                   help="comma-separated scenarios (default: %(default)s)")
+    p.add_argument("--client", choices=["auto", "python"], default="auto",
+                   help="auto: smtp-source where it can drive the scenario; python: ours only")
+    p.add_argument("--no-fetch", action="store_true",
+                   help="do not apt-get download Postfix when smtp-source is missing")
+    p.add_argument("--json", type=Path, help="results file (default: benchmarks/results/MODE.json)")
+    p.add_argument("--chart", type=Path,
+                   help="PNG path (default: docs/_static/performance.png for a full run, "
+                   "benchmarks/results/quick.png for --quick)")
+    p.add_argument("--no-chart", action="store_true")
+    p.add_argument("--profile", choices=["project", "floor"], metavar="KIND",
+                   help="instead of benchmarking, run one scenario against KIND under "
+                   "cProfile and write .pstats plus a top-30 text")
+    p.add_argument("--profile-scenario", default="persistent", choices=names)
+    args = p.parse_args(argv)
+    args.kinds = [k for k in args.kinds.split(",") if k]
+    args.scenarios = [s for s in args.scenarios.split(",") if s]
+    for kind in args.kinds:
+        if kind not in launch.KINDS:
+            p.error(f"unknown kind {kind!r}; choose from {', '.join(launch.KINDS)}")
+    for name in args.scenarios:
+        if name not in names:
+            p.error(f"unknown scenario {name!r}; choose from {', '.join(names)}")
+    if args.reps is None:
+        args.reps = 1 if args.quick else 5
+    return args
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _machine() -> dict[str, Any]:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=launch.REPO, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "aiosmtpd"],
+        cwd=launch.REPO, capture_output=True, text=True,
+    ).stdout.strip()
+    version_file = cache_dir() / "VERSION"
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "project_commit": commit + ("+dirty" if dirty else ""),
+        "postfix": version_file.read_text().strip() if version_file.exists() else "?",
+        "server_cpu": launch.SERVER_CPU,
+        "client_cpu": launch.CLIENT_CPU,
+    }
+
+
+def _available_kinds(wanted: list[str]) -> tuple[list[str], list[str]]:
+    kinds, notes = [], []
+    for kind in wanted:
+        if kind == "project" and not launch.project_available():
+            notes.append("project skipped: `from aiosmtpd.smtp import SMTP; "
+                         "from aiosmtpd.handlers import Sink` fails")
+            continue
+        if kind == "upstream":
+            try:
+                launch.ensure_upstream_python()
+            except (launch.LaunchError, subprocess.CalledProcessError) as exc:
+                notes.append(f"upstream skipped: {exc}")
+                continue
+        if kind == "smtp-sink" and postfix_tool("smtp-sink") is None:
+            notes.append("smtp-sink skipped: Postfix not available")
+            continue
+        kinds.append(kind)
+    return kinds, notes
+
+
+def _describe(r: RunResult) -> str:
+    if not r.ok:
+        return f"FAILED after {r.wall_s:.1f} s: {r.error}"
+    m = r.metrics
+    if "kib_per_conn" in m:
+        return f"{m['kib_per_conn']:.2f} KiB/conn (rss {r.rss_before_kib}->{r.rss_after_kib} KiB)"
+    text = f"{m['msgs_per_s']:,.0f} msgs/s {m['mb_per_s']:.1f} MB/s"
+    text += f" cpu {m['cpu_us_per_msg']:.0f} us/msg ({m['server_cpu_util']:.0%})"
+    return text + f" hwm {r.hwm_kib / 1024:.1f} MiB [{r.client}, {r.wall_s:.1f} s]"
+
+
+def _profile(args: argparse.Namespace) -> int:
+    scenario = next(s for s in scenarios(args.quick) if s.name == args.profile_scenario)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"profile-{args.profile}-{scenario.name}.pstats"
+    with tempfile.TemporaryDirectory(prefix="aiosmtpd-bench-") as tmp:
+        tls = make_tls_files(Path(tmp)) if scenario.tls else None
+        result = run_one(scenario, args.profile, 0, tls, args.client, profile=out)
+    _log(f"{scenario.name} {args.profile}: {_describe(result)}")
+    text = Path(str(out) + ".txt")
+    if not result.ok or not text.exists():
+        _log("profiling failed")
+        return 1
+    print(text.read_text())
+    _log(f"wrote {out} and {text} (under cProfile: figures are slower than real)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    launch.pin(launch.CLIENT_CPU)  # keep the orchestrator off the server's CPU
+    if postfix_tool("smtp-source") is None and not args.no_fetch and args.client == "auto":
+        _log("fetching Postfix smtp-source/smtp-sink (apt-get download; no daemon) ...")
+        if not fetch(verbose=True):
+            _log("Postfix unavailable: the Python load generator drives every scenario")
+    if args.profile:
+        return _profile(args)
+
+    mode = "quick" if args.quick else "full"
+    chosen = [s for s in scenarios(args.quick) if s.name in args.scenarios]
+    kinds, notes = _available_kinds(args.kinds)
+    for note in notes:
+        _log(note)
+    if not kinds:
+        _log("no server kind available")
+        return 1
+
+    started = time.monotonic()
+    runs: list[RunResult] = []
+    with tempfile.TemporaryDirectory(prefix="aiosmtpd-bench-") as tmp:
+        tls = make_tls_files(Path(tmp)) if any(s.tls for s in chosen) else None
+        # Interleaved: every kind runs each scenario once per repetition, in an
+        # order rotated per repetition, so drift (thermal, other load) spreads
+        # over all kinds instead of biasing the one measured last.
+        for rep in range(args.reps):
+            order = kinds[rep % len(kinds):] + kinds[: rep % len(kinds)]
+            for scenario in chosen:
+                for kind in order:
+                    if kind not in scenario.kinds:
+                        continue
+                    result = run_one(scenario, kind, rep, tls, args.client)
+                    runs.append(result)
+                    _log(f"[{rep + 1}/{args.reps}] {scenario.name:<10} {kind:<9} {_describe(result)}")
+        tls_maker = tls.made_by if tls else None
+    elapsed = time.monotonic() - started
+
+    rows = report.summarise(chosen, kinds, runs)
+    table = report.markdown_table(rows, kinds)
+    meta = _machine()
+    meta.update({"mode": mode, "reps": args.reps, "elapsed_s": round(elapsed, 1),
+                 "tls_cert": tls_maker, "notes": notes})
+    print(f"\n## aiosmtpd benchmark ({mode}, {args.reps} reps, {elapsed:.0f} s, {meta['date']})\n")
+    print(f"Machine: {meta['cpu']}, {meta['cpus']} CPUs, Linux {meta['kernel']}, "
+          f"Python {meta['python']}; server on CPU {launch.SERVER_CPU}, client on CPU "
+          f"{launch.CLIENT_CPU}. Cells: median (min-max).\n")
+    print(table)
+    print()
+    for scenario in chosen:
+        clients = sorted({r.client for r in runs if r.scenario == scenario.name and r.ok})
+        print(f"- `{scenario.name}` ({', '.join(clients) or 'no client ran'}): {scenario.what}")
+    failures = [r for r in runs if not r.ok]
+    for r in failures:
+        print(f"- FAILED {r.scenario}/{r.kind} rep {r.rep + 1}: {r.error}")
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = args.json or RESULTS / f"{mode}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(
+        {
+            "meta": meta,
+            "scenarios": [_scenario_json(s) for s in chosen],
+            "summary": report.rows_as_json(rows),
+            "runs": [asdict(r) for r in runs],
+        },
+        indent=1,
+    ) + "\n")
+    rst_path = json_path.with_suffix(".rst")
+    rst_path.write_text(report.rst_table(rows, kinds) + "\n")
+    _log(f"wrote {json_path} and {rst_path}")
+    if not args.no_chart:
+        chart_path = args.chart or (RESULTS / "quick.png" if args.quick else DOCS_CHART)
+        title = (f"aiosmtpd benchmark, {meta['date'][:10]}: {meta['cpu']}, "
+                 f"{args.reps} interleaved runs")
+        why_not = report.chart(rows, kinds, chart_path, title)
+        _log(why_not or f"wrote {chart_path}")
+    return 1 if failures and len(failures) == len(runs) else 0
+
+
+def _scenario_json(s: Scenario) -> dict[str, Any]:
+    data = asdict(s)
+    data["metrics"] = [asdict(m) for m in s.metrics]
+    return data

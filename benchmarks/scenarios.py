@@ -1,0 +1,305 @@
+"""The scenarios, and how one (scenario, server kind) run is measured."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks import launch, procstat
+from benchmarks.postfix import postfix_tool
+from benchmarks.tlscert import TLSFiles
+
+LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
+KIB = 1024
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    target: float | None = None
+    """Wanted ratio project/upstream (>= when higher is better, else <=)."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    what: str
+    sessions: int
+    messages: int
+    per_connection: int
+    """Messages per connection; 0 keeps each session on one connection."""
+    size: int
+    metrics: tuple[Metric, ...]
+    tls: bool = False
+    idle: int = 0
+    postfix_client: bool = True
+    """smtp-source can drive it (no TLS, no idle hold)."""
+    kinds: tuple[str, ...] = field(default=launch.KINDS)
+
+
+MSGS = Metric("msgs_per_s", "msgs/s", "msgs/s", True)
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    def n(full: int, fast: int) -> int:
+        return fast if quick else full
+
+    return [
+        Scenario(
+            "small",
+            "1 KiB messages, one message per connection, 20 sessions in parallel",
+            sessions=20,
+            messages=n(3000, 400),
+            per_connection=1,
+            size=KIB,
+            metrics=(Metric("msgs_per_s", "msgs/s", "msgs/s", True, 2.5),),
+        ),
+        Scenario(
+            "persistent",
+            "1 KiB messages, 4 sessions each sending all its messages on one connection",
+            sessions=4,
+            messages=n(6000, 800),
+            per_connection=0,
+            size=KIB,
+            metrics=(Metric("msgs_per_s", "msgs/s", "msgs/s", True, 2.5),),
+        ),
+        Scenario(
+            "large",
+            "10 MiB messages on one connection: throughput and server peak RSS",
+            sessions=1,
+            messages=n(8, 2),
+            per_connection=0,
+            size=10 * MIB,
+            metrics=(
+                Metric("mb_per_s", "MB/s", "MB/s", True, 10.0),
+                Metric("peak_rss_mib", "peak RSS", "MiB", False, 0.5),
+            ),
+        ),
+        Scenario(
+            "idle",
+            "2,000 connections held open after EHLO: server RSS growth per connection",
+            sessions=0,
+            messages=0,
+            per_connection=0,
+            size=0,
+            idle=n(2000, 500),
+            postfix_client=False,
+            metrics=(Metric("kib_per_conn", "RSS/conn", "KiB", False, 0.5),),
+        ),
+        Scenario(
+            "cpu",
+            "1 KiB messages, one session on one connection (no batching): "
+            "server CPU time (user+system) per message",
+            sessions=1,
+            messages=n(2000, 300),
+            per_connection=0,
+            size=KIB,
+            metrics=(Metric("cpu_us_per_msg", "CPU/msg", "µs", False, 0.4),),
+        ),
+        Scenario(
+            "starttls",
+            "1 KiB messages after STARTTLS (ECDSA P-256), 10 messages per "
+            "connection, 10 sessions; Python client (smtp-source has no TLS)",
+            sessions=10,
+            messages=n(1000, 100),
+            per_connection=10,
+            size=KIB,
+            tls=True,
+            postfix_client=False,
+            metrics=(MSGS,),
+            kinds=("project", "upstream", "floor"),
+        ),
+    ]
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    kind: str
+    rep: int
+    client: str
+    ok: bool
+    error: str = ""
+    seconds: float = 0.0
+    messages: int = 0
+    payload_bytes: int = 0
+    connections: int = 0
+    server_cpu_s: float = 0.0
+    rss_before_kib: int = 0
+    rss_after_kib: int = 0
+    hwm_kib: int = 0
+    wall_s: float = 0.0
+    """The whole run: server start, warm-up, load, stop."""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _pin_client() -> None:
+    launch.pin(launch.CLIENT_CPU)
+
+
+def smtp_source_argv(scenario: Scenario, port: int) -> list[str] | None:
+    tool = postfix_tool("smtp-source")
+    if tool is None or not scenario.postfix_client or scenario.per_connection > 1:
+        return None
+    argv = [
+        *tool.argv,
+        "-s", str(scenario.sessions),
+        "-m", str(scenario.messages),
+        "-l", str(scenario.size),
+        "-M", "client.bench.localhost",
+        "-f", "sender@client.bench.localhost",
+        "-t", "rcpt@bench.localhost",
+    ]
+    if scenario.per_connection == 0:
+        argv.append("-d")
+    return argv + [f"127.0.0.1:{port}"]
+
+
+def loadgen_argv(scenario: Scenario, port: int, tls: TLSFiles | None) -> list[str]:
+    argv = [sys.executable, str(LOADGEN), "--port", str(port), "--cpu", str(launch.CLIENT_CPU)]
+    if scenario.idle:
+        return argv + ["--idle", str(scenario.idle)]
+    argv += [
+        "--sessions", str(scenario.sessions),
+        "--messages", str(scenario.messages),
+        "--per-connection", str(scenario.per_connection),
+        "--size", str(scenario.size),
+    ]
+    if tls is not None:
+        argv += ["--starttls", str(tls.ca)]
+    return argv
+
+
+def _client_run(
+    scenario: Scenario, port: int, tls: TLSFiles | None, client: str
+) -> tuple[str, float]:
+    """Drive the load; return (client name, seconds)."""
+    source = smtp_source_argv(scenario, port) if client != "python" else None
+    if source is not None:
+        tool = postfix_tool("smtp-source")
+        assert tool is not None
+        start = time.perf_counter()
+        proc = subprocess.run(
+            source, env=tool.env, capture_output=True, preexec_fn=_pin_client, timeout=600
+        )
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"smtp-source exit {proc.returncode}: "
+                f"{proc.stderr.decode(errors='replace').strip()[-500:]}"
+            )
+        return "smtp-source", seconds
+    proc = subprocess.run(
+        loadgen_argv(scenario, port, tls), capture_output=True, timeout=600
+    )
+    lines = proc.stdout.decode().strip().splitlines()
+    result = json.loads(lines[-1]) if lines else {}
+    if proc.returncode != 0 or "error" in result:
+        raise RuntimeError(
+            f"loadgen exit {proc.returncode}: {result.get('error', '')} "
+            f"{proc.stderr.decode(errors='replace').strip()[-500:]}"
+        )
+    if result.get("messages") != scenario.messages:
+        raise RuntimeError(f"loadgen sent {result.get('messages')} of {scenario.messages}")
+    return "python", float(result["seconds"])
+
+
+def _idle_run(scenario: Scenario, server: launch.Server) -> tuple[procstat.Sample, float]:
+    """Hold the connections; return the server sample taken while they are held."""
+    proc = subprocess.Popen(
+        loadgen_argv(scenario, server.port, None),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        line = proc.stdout.readline()
+        ready = json.loads(line) if line.strip() else {}
+        if ready.get("ready") != scenario.idle:
+            raise RuntimeError(f"idle client: {ready or proc.stderr.read().decode()[-500:]}")
+        held = procstat.sample(server.pid)
+        proc.stdin.write(b"\n")
+        proc.stdin.flush()
+        proc.wait(60)
+        return held, float(ready["seconds"])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def compute_metrics(scenario: Scenario, r: RunResult) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if scenario.idle:
+        out["kib_per_conn"] = (r.rss_after_kib - r.rss_before_kib) / scenario.idle
+        return out
+    out["msgs_per_s"] = r.messages / r.seconds
+    out["mb_per_s"] = r.payload_bytes / r.seconds / 1e6
+    out["cpu_us_per_msg"] = r.server_cpu_s / r.messages * 1e6
+    out["peak_rss_mib"] = r.hwm_kib / 1024
+    out["server_cpu_util"] = r.server_cpu_s / r.seconds
+    return out
+
+
+def run_one(
+    scenario: Scenario,
+    kind: str,
+    rep: int,
+    tls: TLSFiles | None,
+    client: str = "auto",
+    profile: Path | None = None,
+) -> RunResult:
+    """Fresh server, warm-up transaction, measured load, stop."""
+    started = time.perf_counter()
+    result = RunResult(scenario.name, kind, rep, client="", ok=False)
+    try:
+        server = launch.start(kind, tls if scenario.tls else None, profile)
+    except (launch.LaunchError, OSError) as exc:
+        result.error = f"start: {exc}"
+        return result
+    try:
+        if not scenario.tls:
+            launch.transaction(server.port)
+        before = procstat.sample(server.pid)
+        result.rss_before_kib = before.rss_kib
+        if scenario.idle:
+            held, seconds = _idle_run(scenario, server)
+            result.client = "python"
+            result.seconds = seconds
+            result.connections = scenario.idle
+            result.rss_after_kib = held.rss_kib
+            result.hwm_kib = held.hwm_kib
+            result.server_cpu_s = held.cpu_seconds - before.cpu_seconds
+        else:
+            result.client, result.seconds = _client_run(
+                scenario, server.port, tls if scenario.tls else None, client
+            )
+            after = procstat.sample(server.pid)
+            result.messages = scenario.messages
+            result.payload_bytes = scenario.messages * scenario.size
+            result.server_cpu_s = after.cpu_seconds - before.cpu_seconds
+            result.rss_after_kib = after.rss_kib
+            result.hwm_kib = after.hwm_kib
+        if not server.alive():
+            raise RuntimeError(f"server exited with {server.proc.returncode}")
+        result.metrics = compute_metrics(scenario, result)
+        result.ok = True
+    except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+        result.error = str(exc)
+    finally:
+        server.stop()
+        result.wall_s = time.perf_counter() - started
+    return result

@@ -1,0 +1,222 @@
+"""Run one benchmark server on a free loopback port until told to stop.
+
+    python server.py {project,upstream,floor} [--tls CERT KEY] [--cpu N]
+                     [--profile OUT.pstats]
+
+Standalone on purpose (stdlib only, no import from the benchmarks package):
+the orchestrator runs it with the repo's interpreter for ``project`` and
+``floor`` and with the throwaway venv's interpreter (``python -I``) for
+``upstream``, so the very same lines build both aiosmtpd servers.
+
+Once listening it prints one JSON line on stdout: ``{"port": ..., "pid":
+..., "impl": ...}``.  It stops on SIGTERM/SIGINT or when stdin reaches EOF
+(so it never outlives a crashed orchestrator).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import signal
+import ssl
+import sys
+from collections.abc import Callable
+from typing import Any
+
+HOSTNAME = "bench.localhost"
+DATA_SIZE_LIMIT = 64 * 1024 * 1024
+END_OF_DATA = b"\r\n.\r\n"
+
+
+class FloorProtocol(asyncio.Protocol):
+    """The least work a pure-Python SMTP sink can do: canned replies, and a
+    search for CRLF.CRLF in DATA.  No grammar, no state checks, no storage.
+    Its throughput is the ceiling for pure Python on this machine."""
+
+    def __init__(self, tls_context: ssl.SSLContext | None) -> None:
+        self.tls_context = tls_context
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.in_data = False
+        # In DATA, the previous chunk's last 4 bytes, so a marker split across
+        # two reads is still found.  Starts as CRLF: "." alone on the first
+        # line ends an empty message.
+        self.tail = b"\r\n"
+        self.upgrading = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(b"220 " + HOSTNAME.encode() + b" ESMTP floor\r\n")
+
+    def data_received(self, data: bytes) -> None:
+        if self.upgrading:
+            # Decrypted bytes can arrive before loop.start_tls() returns the
+            # new transport; replying now would go out in plaintext.
+            self.buffer += data
+            return
+        if self.in_data:
+            self._data_chunk(data)
+        else:
+            self.buffer += data
+            self._commands()
+
+    def _data_chunk(self, data: bytes) -> None:
+        assert self.transport is not None
+        # A marker straddling the previous chunk comes before any inside data.
+        edge = (self.tail + data[:4]).find(END_OF_DATA)
+        if edge >= 0:
+            rest = data[edge + len(END_OF_DATA) - len(self.tail) :]
+        else:
+            end = data.find(END_OF_DATA)
+            if end < 0:
+                self.tail = (self.tail + data)[-4:]
+                return
+            rest = data[end + len(END_OF_DATA) :]
+        self.in_data = False
+        self.tail = b"\r\n"
+        self.transport.write(b"250 OK\r\n")
+        if rest:
+            self.buffer += rest
+            self._commands()
+
+    def _commands(self) -> None:
+        assert self.transport is not None
+        while not self.in_data:
+            eol = self.buffer.find(b"\n")
+            if eol < 0:
+                return
+            line, self.buffer = self.buffer[:eol], self.buffer[eol + 1 :]
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                tls = b"250-STARTTLS\r\n" if self.tls_context else b""
+                self.transport.write(
+                    b"250-" + HOSTNAME.encode() + b"\r\n250-SIZE 67108864\r\n"
+                    b"250-8BITMIME\r\n" + tls + b"250 HELP\r\n"
+                )
+            elif verb == b"DATA":
+                self.transport.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                self.in_data = True
+                if self.buffer:
+                    rest, self.buffer = self.buffer, b""
+                    self._data_chunk(rest)
+            elif verb == b"QUIT":
+                self.transport.write(b"221 Bye\r\n")
+                self.transport.close()
+                return
+            elif verb == b"STAR" and self.tls_context is not None:
+                self.transport.write(b"220 Ready to start TLS\r\n")
+                self.upgrading = True
+                asyncio.ensure_future(self._start_tls(self.tls_context))
+                return
+            else:
+                self.transport.write(b"250 OK\r\n")
+
+    async def _start_tls(self, context: ssl.SSLContext) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        new = await loop.start_tls(self.transport, self, context, server_side=True)
+        assert isinstance(new, asyncio.Transport)
+        self.transport = new
+        self.upgrading = False
+        self._commands()
+
+
+def _aiosmtpd_factory(tls_context: ssl.SSLContext | None) -> tuple[Callable[[], Any], str]:
+    from aiosmtpd.handlers import Sink
+    from aiosmtpd.smtp import SMTP
+
+    import aiosmtpd
+
+    handler = Sink()
+
+    def factory() -> Any:
+        # An explicit hostname keeps getfqdn() (a DNS look-up) out of the
+        # measurement; the size limit makes 10 MiB messages legal.
+        return SMTP(
+            handler,
+            data_size_limit=DATA_SIZE_LIMIT,
+            hostname=HOSTNAME,
+            tls_context=tls_context,
+        )
+
+    impl = f"aiosmtpd {getattr(aiosmtpd, '__version__', '?')} at {aiosmtpd.__file__}"
+    return factory, impl
+
+
+async def serve(kind: str, tls_context: ssl.SSLContext | None) -> None:
+    loop = asyncio.get_running_loop()
+    if kind == "floor":
+
+        def floor_factory() -> asyncio.Protocol:
+            return FloorProtocol(tls_context)
+
+        factory: Callable[[], Any] = floor_factory
+        impl = "floor (benchmarks/server.py)"
+    else:
+        factory, impl = _aiosmtpd_factory(tls_context)
+    # A deep backlog: the idle scenario opens thousands of connections.
+    server = await loop.create_server(factory, "127.0.0.1", 0, backlog=4096)
+    port = server.sockets[0].getsockname()[1]
+    stopped = loop.create_future()
+
+    def stop() -> None:
+        if not stopped.done():
+            stopped.set_result(None)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop)
+
+    def stdin_ready() -> None:
+        if not os.read(0, 4096):
+            loop.remove_reader(0)
+            stop()
+
+    loop.add_reader(0, stdin_ready)
+    print(json.dumps({"port": port, "pid": os.getpid(), "impl": impl}), flush=True)
+    await stopped
+    server.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=["project", "upstream", "floor"])
+    parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+    parser.add_argument("--cpu", type=int, default=0, help="CPU to pin to (-1: none)")
+    parser.add_argument("--profile", metavar="OUT.pstats")
+    args = parser.parse_args()
+
+    if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {args.cpu})
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    tls_context = None
+    if args.tls:
+        tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls_context.load_cert_chain(*args.tls)
+
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    asyncio.run(serve(args.kind, tls_context))
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        profiler.dump_stats(args.profile)
+        with open(args.profile + ".txt", "w") as out:
+            for order in ("tottime", "cumulative"):
+                out.write(f"=== top 30 by {order} ===\n")
+                pstats.Stats(profiler, stream=out).sort_stats(order).print_stats(30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

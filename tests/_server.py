@@ -1,0 +1,240 @@
+"""Loopback SMTP servers on a background event loop, and a raw line client.
+
+Used by the tests/test_smtp_*.py modules.  One event loop thread serves every
+server of a test module (``loop_thread`` fixture); each test starts its own
+listening socket on port 0 with whatever ``SMTP`` options it needs, so tests
+do not share connection state.  No controller is involved: the server is
+``loop.create_server(factory, "127.0.0.1", 0)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import smtplib
+import socket
+import threading
+from collections.abc import Coroutine, Iterator
+from typing import Any, Callable, Optional, TypeVar
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+HOST = "127.0.0.1"
+HOSTNAME = "test.example"
+IO_TIMEOUT = 10.0
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An asyncio loop running in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="smtp-loop")
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(IO_TIMEOUT)
+
+    def call(self, func: Callable[[], T]) -> T:
+        async def wrapper() -> T:
+            return func()
+
+        return self.run(wrapper())
+
+    def close(self) -> None:
+        async def cancel_all() -> None:
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            self.run(cancel_all())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(IO_TIMEOUT)
+        self.loop.close()
+
+
+class Server:
+    """A listening SMTP server; ``protocols`` lists the instances it created."""
+
+    def __init__(self, lt: LoopThread, factory: Callable[[], SMTP]) -> None:
+        self.lt = lt
+        self.protocols: list[SMTP] = []
+        self.errors: list[BaseException] = []
+
+        def make() -> SMTP:
+            try:
+                proto = factory()
+            except BaseException as e:  # surfaced by the test, not lost in asyncio
+                self.errors.append(e)
+                raise
+            self.protocols.append(proto)
+            return proto
+
+        async def start() -> asyncio.AbstractServer:
+            return await lt.loop.create_server(make, HOST, 0)
+
+        self.server = lt.run(start())
+        self.port: int = self.server.sockets[0].getsockname()[1]
+
+    @property
+    def last(self) -> SMTP:
+        return self.protocols[-1]
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self.server.close()
+            for p in self.protocols:
+                if p.transport is not None:
+                    p.transport.close()
+            await self.server.wait_closed()
+
+        with contextlib.suppress(Exception):
+            self.lt.run(stop())
+
+    def client(self, timeout: float = IO_TIMEOUT) -> RawClient:
+        return RawClient(self.port, timeout)
+
+    def smtplib(self) -> smtplib.SMTP:
+        return smtplib.SMTP(HOST, self.port, local_hostname="client.example", timeout=IO_TIMEOUT)
+
+
+class RawClient:
+    """A socket client that reads SMTP replies line by line."""
+
+    def __init__(self, port: int, timeout: float = IO_TIMEOUT) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        self._buf = b""
+        self.greeting = self.reply()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        """One reply line without its CRLF; b"" at EOF."""
+        while b"\r\n" not in self._buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                rest, self._buf = self._buf, b""
+                return rest
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\r\n", 1)
+        return line
+
+    def reply(self) -> list[bytes]:
+        """All lines of one (possibly multi-line) reply."""
+        lines = []
+        while True:
+            line = self.line()
+            lines.append(line)
+            if len(line) < 4 or line[3:4] != b"-":
+                return lines
+
+    def text(self) -> str:
+        """One single-line reply as text, e.g. ``"250 OK"``."""
+        lines = self.reply()
+        assert len(lines) == 1, lines
+        return lines[0].decode("utf-8", "surrogateescape")
+
+    def cmd(self, line: str | bytes) -> str:
+        data = line.encode() if isinstance(line, str) else line
+        self.send(data + b"\r\n")
+        return self.text()
+
+    def multi(self, line: str) -> list[str]:
+        self.send(line.encode() + b"\r\n")
+        return [x.decode() for x in self.reply()]
+
+    def is_closed(self) -> bool:
+        """True if the server closed the connection (EOF with nothing unread)."""
+        return self.line() == b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Recorder:
+    """A handler that keeps a copy of every delivered envelope."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Envelope] = []
+        self.sessions: list[Session] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        copy = Envelope()
+        copy.__dict__.update({k: (list(v) if isinstance(v, list) else v)
+                              for k, v in vars(envelope).items()})
+        self.envelopes.append(copy)
+        self.sessions.append(session)
+        return "250 OK"
+
+
+ServerFactory = Callable[..., Server]
+
+
+@contextlib.contextmanager
+def serving(
+    lt: LoopThread,
+    handler: Any = None,
+    *,
+    cls: type[SMTP] = SMTP,
+    **kwargs: Any,
+) -> Iterator[Server]:
+    kwargs.setdefault("hostname", HOSTNAME)
+    if handler is None:
+        handler = Recorder()
+    server = Server(lt, lambda: cls(handler, **kwargs))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def make_server_fixture(lt: LoopThread, stack: contextlib.ExitStack) -> ServerFactory:
+    def start(handler: Any = None, *, cls: type[SMTP] = SMTP, **kwargs: Any) -> Server:
+        return stack.enter_context(serving(lt, handler, cls=cls, **kwargs))
+
+    return start
+
+
+def wait_for(predicate: Callable[[], bool], lt: LoopThread, timeout: float = IO_TIMEOUT) -> bool:
+    """Poll ``predicate`` on the loop thread until true, bounded by ``timeout``.
+
+    For state changes that happen after the last byte a client can observe
+    (e.g. the log record of a closed connection).
+    """
+    deadline = lt.call(lambda: lt.loop.time()) + timeout
+
+    async def poll() -> bool:
+        while lt.loop.time() < deadline:
+            if predicate():
+                return True
+            await asyncio.sleep(0.005)
+        return predicate()
+
+    return asyncio.run_coroutine_threadsafe(poll(), lt.loop).result(timeout + 1)
+
+
+def drain(client: RawClient) -> Optional[bytes]:
+    """Read to EOF; return everything read."""
+    data = client._buf
+    client._buf = b""
+    while True:
+        chunk = client.sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk

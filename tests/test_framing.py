@@ -1,0 +1,294 @@
+"""DATA framing (aiosmtpd._framing) against naive reference implementations.
+
+The references below follow smtp.md 8.8 literally, one CRLF-delimited line at
+a time; the real code searches a buffer in large steps.  Hypothesis checks that
+both agree for any byte stream fed in any chunking.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from aiosmtpd._framing import (
+    DataError,
+    DataReader,
+    find_long_line,
+    has_bare_cr_or_lf,
+    unstuff,
+)
+
+Outcome = Optional[tuple[int, Optional[DataError], Optional[bytes]]]
+
+
+# -- Reference implementations ---------------------------------------------------
+
+
+def ref_read(stream: bytes, size_limit: Optional[int], line_limit: int) -> Outcome:
+    """Return (bytes consumed, error, raw content) or None if no terminator yet."""
+    pos = 0
+    size = 0
+    error: Optional[DataError] = None
+    lines: list[bytes] = []
+    while True:
+        i = stream.find(b"\r\n", pos)
+        if i < 0:
+            return None
+        line = stream[pos : i + 2]
+        pos = i + 2
+        if line == b".\r\n":
+            return pos, error, (b"".join(lines) if error is None else None)
+        if error is None and len(line) > line_limit:
+            error = DataError.TOO_LONG
+        size += len(line)
+        if error is None and size_limit and size > size_limit:
+            error = DataError.TOO_MUCH
+        lines.append(line)
+
+
+def ref_unstuff(content: bytes) -> bytes:
+    out = []
+    for line in content.split(b"\r\n"):
+        out.append(line[1:] if line.startswith(b".") else line)
+    return b"\r\n".join(out)
+
+
+def ref_find_long_line(buf: bytes, line_limit: int) -> Optional[int]:
+    pos = 0
+    while True:
+        i = buf.find(b"\r\n", pos)
+        if i < 0:
+            # A partial line is certainly too long once it has line_limit bytes.
+            return pos if len(buf) - pos >= line_limit else None
+        if i + 2 - pos > line_limit:
+            return pos
+        pos = i + 2
+
+
+def ref_bare(content: bytes) -> bool:
+    for i, b in enumerate(content):
+        if b == 13 and content[i + 1 : i + 2] != b"\n":
+            return True
+        if b == 10 and (i == 0 or content[i - 1] != 13):
+            return True
+    return False
+
+
+def run_reader(
+    chunks: list[bytes], size_limit: Optional[int], line_limit: int
+) -> tuple[Outcome, bytes]:
+    """Feed chunks as a protocol would; return the outcome and what is left."""
+    reader = DataReader(size_limit, line_limit)
+    buf = bytearray()
+    for k, chunk in enumerate(chunks):
+        buf += chunk
+        n = reader.feed(buf)
+        if n is not None:
+            consumed = n + reader._dropped
+            del buf[:n]
+            return (consumed, reader.error, reader.content), bytes(buf) + b"".join(
+                chunks[k + 1 :]
+            )
+    return None, bytes(buf)
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    chunks, last = [], 0
+    for p in points:
+        chunks.append(data[last:p])
+        last = p
+    chunks.append(data[last:])
+    return chunks
+
+
+# -- Strategies -------------------------------------------------------------------
+
+# Few distinct bytes, so that CR, LF and dots meet often.
+pieces = st.sampled_from(
+    [b"\r\n", b"\r", b"\n", b".", b"a", b"xyz", b"\r\n.", b".\r\n", b"\r\n.\r\n", b"a" * 7]
+)
+streams = st.lists(pieces, max_size=40).map(b"".join)
+cut_lists = st.lists(st.integers(min_value=0, max_value=10_000), max_size=8)
+size_limits = st.one_of(st.none(), st.just(0), st.integers(min_value=1, max_value=60))
+line_limits = st.integers(min_value=3, max_value=30)
+
+
+@settings(max_examples=600, deadline=None)
+@given(stream=streams, cuts=cut_lists, size_limit=size_limits, line_limit=line_limits)
+@example(stream=b"x" * 30 + b"\r\n.\r\n", cuts=[15], size_limit=10, line_limit=20)
+@example(stream=b"a" * 12 + b"\r\n" + b"x" * 30 + b"\r\n.\r\n", cuts=[], size_limit=10,
+         line_limit=20)
+def test_reader_matches_reference_in_any_chunking(
+    stream: bytes, cuts: list[int], size_limit: Optional[int], line_limit: int
+) -> None:
+    expected = ref_read(stream, size_limit, line_limit)
+    got, rest = run_reader(split(stream, cuts), size_limit, line_limit)
+    assert got == expected
+    if expected is not None:
+        assert rest == stream[expected[0] :]
+
+
+@settings(max_examples=200, deadline=None)
+@given(stream=streams, size_limit=size_limits, line_limit=line_limits)
+def test_reader_byte_by_byte(stream: bytes, size_limit: Optional[int], line_limit: int) -> None:
+    expected = ref_read(stream, size_limit, line_limit)
+    got, _ = run_reader([bytes([b]) for b in stream], size_limit, line_limit)
+    assert got == expected
+
+
+@given(content=streams)
+def test_unstuff_matches_reference(content: bytes) -> None:
+    assert unstuff(content) == ref_unstuff(content)
+
+
+@given(buf=streams, line_limit=line_limits)
+def test_find_long_line_matches_reference(buf: bytes, line_limit: int) -> None:
+    assert find_long_line(buf, line_limit) == ref_find_long_line(buf, line_limit)
+
+
+@given(content=streams)
+def test_has_bare_cr_or_lf_matches_reference(content: bytes) -> None:
+    assert has_bare_cr_or_lf(content) is ref_bare(content)
+
+
+# -- Explicit cases ------------------------------------------------------------------
+
+SMUGGLING = [
+    b"\n.\n",
+    b"\n.\r\n",
+    b"\r.\r",
+    b"\r.\r\n",
+    b"\r\n.\n",
+    b"\r\n.\r",
+    b"\n.\r",
+    b"\r.\n",
+    b"\r\n.\r\r\n",
+    b"\r\n.\n\r\n",
+    b"\r\n .\r\n",
+    b"\r\n..\r\n",
+    b"\r\n\x00.\r\n",
+]
+
+
+@pytest.mark.parametrize("fake_end", SMUGGLING, ids=repr)
+def test_smuggling_end_of_data_variants_do_not_end_data(fake_end: bytes) -> None:
+    smuggled = b"MAIL FROM:<evil@example.com>\r\n"
+    stream = b"Subject: hi\r\n\r\nbody" + fake_end + smuggled + b"\r\n.\r\n"
+    for chunks in ([stream], [bytes([b]) for b in stream]):
+        got, rest = run_reader(chunks, None, 1001)
+        assert got is not None
+        consumed, error, content = got
+        assert error is None
+        assert rest == b""
+        assert content is not None
+        assert smuggled in content
+        assert consumed == len(stream)
+
+
+def test_terminator_at_start() -> None:
+    got, rest = run_reader([b".\r\nNOOP\r\n"], 100, 1001)
+    assert got == (3, None, b"")
+    assert rest == b"NOOP\r\n"
+
+
+def test_terminator_split_across_chunks() -> None:
+    got, rest = run_reader([b"abc\r", b"\n", b".", b"\r", b"\nQUIT\r\n"], None, 1001)
+    assert got == (8, None, b"abc\r\n")
+    assert rest == b"QUIT\r\n"
+
+
+def test_no_terminator_yet() -> None:
+    assert run_reader([b"abc\r\n.\r"], None, 1001)[0] is None
+
+
+def test_stuffed_line_at_start_is_not_terminator() -> None:
+    got, _ = run_reader([b"..\r\n.\r\n"], None, 1001)
+    assert got == (7, None, b"..\r\n")
+    assert unstuff(b"..\r\n") == b".\r\n"
+
+
+@pytest.mark.parametrize(
+    ("length", "error"),
+    [(999, None), (1000, DataError.TOO_LONG)],
+)
+def test_line_length_limit_counts_crlf(length: int, error: Optional[DataError]) -> None:
+    stream = b"x" * length + b"\r\n.\r\n"
+    got, _ = run_reader([stream], None, 1001)
+    assert got is not None
+    assert got[1] is error
+
+
+def test_line_limit_applies_before_unstuffing() -> None:
+    got, _ = run_reader([b"." + b"x" * 999 + b"\r\n.\r\n"], None, 1001)
+    assert got is not None and got[1] is DataError.TOO_LONG
+
+
+@pytest.mark.parametrize(("total", "error"), [(3000, None), (3001, DataError.TOO_MUCH)])
+def test_size_limit_counts_raw_bytes(total: int, error: Optional[DataError]) -> None:
+    line = b"y" * 98 + b"\r\n"
+    body = line * 29 + b"z" * (total - 2900 - 2) + b"\r\n"
+    assert len(body) == total
+    got, _ = run_reader([body + b".\r\n"], 3000, 1001)
+    assert got is not None and got[1] is error
+
+
+def test_first_error_wins_size_then_long_line() -> None:
+    stream = b"a" * 98 + b"\r\n" + b"b" * 98 + b"\r\n" + b"c" * 2000 + b"\r\n.\r\n"
+    for chunks in ([stream], [stream[:150], stream[150:]], [stream[:250], stream[250:]]):
+        got, _ = run_reader(chunks, 150, 1001)
+        assert got is not None and got[1] is DataError.TOO_MUCH
+
+
+def test_first_error_wins_long_line_then_size() -> None:
+    stream = b"c" * 2000 + b"\r\n" + b"a" * 5000 + b"\r\n.\r\n"
+    got, _ = run_reader([stream[:10], stream[10:]], 3000, 1001)
+    assert got is not None and got[1] is DataError.TOO_LONG
+
+
+def test_rejected_data_is_not_kept() -> None:
+    reader = DataReader(10, 1001)
+    buf = bytearray(b"x\r\n" * 1000)
+    assert reader.feed(buf) is None
+    assert reader.error is DataError.TOO_MUCH
+    assert len(buf) <= 4
+    buf += b"\r\n.\r\nNOOP\r\n"
+    n = reader.feed(buf)
+    assert n is not None
+    assert bytes(buf[n:]) == b"NOOP\r\n"
+    assert reader.content is None
+
+
+@pytest.mark.parametrize(
+    ("content", "bare"),
+    [
+        (b"", False),
+        (b"a\r\nb\r\n", False),
+        (b"a\nb\r\n", True),
+        (b"a\rb\r\n", True),
+        (b"a\r\r\n", True),
+        (b"\n", True),
+        (b"\r", True),
+        (b"a\n\r", True),
+    ],
+)
+def test_has_bare_cr_or_lf_cases(content: bytes, bare: bool) -> None:
+    assert has_bare_cr_or_lf(content) is bare
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", b""),
+        (b".a\r\n", b"a\r\n"),
+        (b"a\r\n..\r\n", b"a\r\n.\r\n"),
+        (b"a\n.b\r\n", b"a\n.b\r\n"),
+        (b"a\r\n.\r\n.x\r\n", b"a\r\n\r\nx\r\n"),
+        (b"a\r.b\r\n", b"a\r.b\r\n"),
+    ],
+)
+def test_unstuff_cases(content: bytes, expected: bytes) -> None:
+    assert unstuff(content) == expected

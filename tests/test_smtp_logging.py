@@ -1,0 +1,318 @@
+"""No secret reaches the logs (spec/auth-tls.md 8), and the log helpers.
+
+Every record of every logger is captured at DEBUG while real clients run
+complete AUTH exchanges over loopback; then no record may contain the
+password, in clear or base64-encoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import smtplib
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from aiosmtpd.smtp import (
+    SMTP,
+    AuthResult,
+    Envelope,
+    LoginPassword,
+    Session,
+    sanitize,
+    sanitized_log,
+)
+
+WAIT = 10.0  # seconds; only a bound for a hung test, never a synchronisation
+
+USER = "alice"
+PASSWORD = "Tr0ub4dor&3-horse"  # long enough that no base64 alignment hides it
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def secret_forms() -> list[str]:
+    """The password as it may appear in a record: clear, or base64 of any
+    blob that carries it (at each of the three alignments)."""
+    forms = {PASSWORD, repr(PASSWORD.encode())[2:-1], b64(PASSWORD.encode())}
+    for prefix in (b"", b"\0", b"\0" + USER.encode() + b"\0", b"x", b"xy"):
+        encoded = b64(prefix + PASSWORD.encode())
+        # Skip the characters that also depend on the prefix.
+        start = (len(prefix) + 2) // 3 * 4
+        forms.add(encoded[start: start + 12])
+    return sorted(f for f in forms if f)
+
+
+class ServerThread:
+    def __init__(self, **kwargs: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        def factory() -> SMTP:
+            return SMTP(Handler(), loop=self.loop, hostname="test.example", **kwargs)
+
+        self.server = asyncio.run_coroutine_threadsafe(
+            self.loop.create_server(factory, "127.0.0.1", 0), self.loop
+        ).result(WAIT)
+        self.port: int = self.server.sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        async def close() -> None:
+            self.server.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(WAIT)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(WAIT)
+        self.loop.close()
+
+
+class Handler:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return "250 OK"
+
+
+def check(server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+          auth_data: Any) -> AuthResult:
+    ok = auth_data.password == PASSWORD.encode()
+    return AuthResult(success=ok, handled=False, auth_data=auth_data)
+
+
+@pytest.fixture
+def server() -> Iterator[ServerThread]:
+    server = ServerThread(auth_require_tls=False, authenticator=check)
+    yield server
+    server.stop()
+
+
+class Raw:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        self.file = self.sock.makefile("rb")
+        self.reply()
+
+    def reply(self) -> bytes:
+        lines = []
+        while True:
+            line = self.file.readline()
+            assert line.endswith(b"\r\n"), line
+            lines.append(line[:-2])
+            if line[3:4] != b"-":
+                return b"\n".join(lines)
+
+    def cmd(self, command: str) -> bytes:
+        self.sock.sendall(command.encode() + b"\r\n")
+        return self.reply()
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def record_texts(records: list[logging.LogRecord]) -> list[str]:
+    """Everything a formatter could print for each record."""
+    texts = []
+    formatter = logging.Formatter()
+    for record in records:
+        texts.append(formatter.format(record))
+        texts.append(repr(record.msg))
+        texts.append(repr(record.args))
+    return texts
+
+
+def assert_no_secret(records: list[logging.LogRecord]) -> None:
+    assert records, "nothing was logged: the capture is broken"
+    texts = record_texts(records)
+    for form in secret_forms():
+        leaks = [t for t in texts if form in t]
+        assert not leaks, f"{form!r} logged: {leaks}"
+
+
+def run_exchanges(port: int) -> None:
+    plain = b64(f"\0{USER}\0{PASSWORD}".encode())
+    client = Raw(port)
+    assert client.cmd("EHLO c").startswith(b"250-")
+    # PLAIN with and without initial response, failing and succeeding.
+    assert client.cmd("AUTH PLAIN " + b64(f"\0{USER}\0{PASSWORD}x".encode())).startswith(b"535")
+    assert client.cmd("AUTH PLAIN") == b"334 "
+    assert client.cmd(b64(f"\0{USER}\0{PASSWORD}x".encode())).startswith(b"535")
+    assert client.cmd("AUTH PLAIN") == b"334 "
+    assert client.cmd(plain).startswith(b"235")
+    client.close()
+    # LOGIN with and without initial response.
+    for initial in (True, False):
+        client = Raw(port)
+        assert client.cmd("EHLO c").startswith(b"250-")
+        if initial:
+            assert client.cmd("AUTH LOGIN " + b64(USER.encode())) == b"334 UGFzc3dvcmQA"
+        else:
+            assert client.cmd("AUTH LOGIN") == b"334 VXNlciBOYW1lAA=="
+            assert client.cmd(b64(USER.encode())) == b"334 UGFzc3dvcmQA"
+        assert client.cmd(b64(PASSWORD.encode())).startswith(b"235")
+        client.close()
+    # Mistyped secrets: undecodable blobs, as initial response and as answer.
+    client = Raw(port)
+    assert client.cmd("EHLO c").startswith(b"250-")
+    broken = PASSWORD + "!"
+    assert client.cmd("AUTH PLAIN " + broken) == b"501 5.5.2 Can't decode base64"
+    assert client.cmd("AUTH LOGIN " + broken) == b"501 5.5.2 Can't decode base64"
+    assert client.cmd("AUTH LOGIN " + b64(USER.encode())) == b"334 UGFzc3dvcmQA"
+    assert client.cmd(broken) == b"501 5.5.2 Can't decode base64"
+    assert client.cmd("AUTH PLAIN") == b"334 "
+    assert client.cmd(broken) == b"501 5.5.2 Can't decode base64"
+    assert client.cmd("QUIT") == b"221 Bye"
+    client.close()
+    # smtplib, which sends PLAIN with an initial response.
+    with smtplib.SMTP("127.0.0.1", port, timeout=WAIT) as smtp:
+        smtp.login(USER, PASSWORD)
+        smtp.sendmail("a@example.com", ["b@example.com"], b"Subject: x\r\n\r\nhi\r\n")
+
+
+def test_no_secret_in_any_log_record(server: ServerThread,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)  # root and every logger, every level
+    run_exchanges(server.port)
+    names = {r.name for r in caplog.records}
+    assert "mail.log" in names
+    # The exchanges were really logged, redacted.
+    messages = caplog.messages
+    assert any("AUTH PLAIN ********" in m for m in messages)
+    assert any("auth_PLAIN returned AuthResult(" in m for m in messages)
+    assert any("can't decode base64" in m for m in messages)
+    assert_no_secret(caplog.records)
+
+
+def test_secret_detection_can_fail(caplog: pytest.LogCaptureFixture) -> None:
+    # The checker itself finds a leak, in each form it looks for.
+    caplog.set_level(logging.DEBUG)
+    for leaked in (PASSWORD, b64(f"\0{USER}\0{PASSWORD}".encode()), b64(PASSWORD.encode())):
+        caplog.clear()
+        logging.getLogger("mail.log").debug("oops %r", leaked.encode())
+        with pytest.raises(AssertionError, match="logged"):
+            assert_no_secret(caplog.records)
+
+
+def test_log_client_response_does_log(caplog: pytest.LogCaptureFixture) -> None:
+    """The opt-in ``log_client_response=True`` is the one way responses reach
+    the log (with two warnings)."""
+    caught: list[str] = []
+
+    class Chatty(Handler):
+        async def auth_CHATTY(self, server: SMTP, args: list[str]) -> AuthResult:
+            import warnings
+
+            with warnings.catch_warnings(record=True) as records:
+                warnings.simplefilter("always")
+                response = await server.challenge_auth("", log_client_response=True)
+            caught.extend(str(w.message) for w in records)
+            return AuthResult(success=response == PASSWORD.encode(), handled=False)
+
+    caplog.set_level(logging.DEBUG)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        srv = asyncio.run_coroutine_threadsafe(
+            loop.create_server(lambda: SMTP(Chatty(), loop=loop, auth_require_tls=False),
+                               "127.0.0.1", 0),
+            loop,
+        ).result(WAIT)
+        client = Raw(srv.sockets[0].getsockname()[1])
+        client.cmd("EHLO c")
+        assert client.cmd("AUTH CHATTY") == b"334 "
+        assert client.cmd(b64(PASSWORD.encode())).startswith(b"235")
+        client.close()
+        srv.close()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(WAIT)
+        loop.close()
+    assert caught == ["AUTH interaction logging is enabled!",
+                      "Sensitive information might be leaked!"]
+    with pytest.raises(AssertionError, match="logged"):
+        assert_no_secret(caplog.records)
+
+
+def test_abort_logged_as_warning(server: ServerThread, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="mail.log")
+    client = Raw(server.port)
+    client.cmd("EHLO c")
+    assert client.cmd("AUTH LOGIN") == b"334 VXNlciBOYW1lAA=="
+    assert client.cmd("*") == b"501 5.7.0 Auth aborted"
+    client.close()
+    warnings_ = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage().endswith(" aborted AUTH with '*'") for r in warnings_] == [True]
+
+
+def test_available_mechanisms_logged(caplog: pytest.LogCaptureFixture) -> None:
+    class Extra(Handler):
+        async def auth_XTRA(self, server: SMTP, args: list[str]) -> AuthResult:
+            return AuthResult(success=False)
+
+    caplog.set_level(logging.INFO, logger="mail.log")
+    loop = asyncio.new_event_loop()
+    try:
+        SMTP(Extra(), loop=loop)
+    finally:
+        loop.close()
+    assert "Available AUTH mechanisms: LOGIN(builtin) PLAIN(builtin) XTRA" in caplog.messages
+
+
+# -- sanitize / sanitized_log / reprs ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (b"AUTH PLAIN Zm9vYmFy\r\n", b"AUTH PLAIN ********\r\n"),
+        (b"  auth login Ym9i extra\r\n", b"  auth login ********"),
+        (b"AUTH PLAIN Zm9vYmFy", b"AUTH PLAIN ********"),
+        (b"AuTh\tX-MECH\tc2VjcmV0\r\n", b"AuTh\tX-MECH\t********\r\n"),
+        (b"AUTH PLAIN\r\n", b"AUTH PLAIN\r\n"),
+        (b"AUTH PLAIN \r\n", b"AUTH PLAIN \r\n"),
+        (b"MAIL FROM:<a@b>\r\n", b"MAIL FROM:<a@b>\r\n"),
+        (b"NOOP AUTH PLAIN Zm9v\r\n", b"NOOP AUTH PLAIN Zm9v\r\n"),
+        (b"", b""),
+    ],
+)
+def test_sanitize(text: bytes, expected: bytes) -> None:
+    assert sanitize(text) == expected
+
+
+def test_sanitized_log() -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    def sink(msg: str, *args: Any, **kwargs: Any) -> None:
+        calls.append((msg, args, kwargs))
+
+    sanitized_log(sink, "%r %s %r", b"AUTH PLAIN Zm9v\r\n", "AUTH PLAIN Zm9v", 3, extra={"a": 1})
+    assert calls == [("%r %s %r", (b"AUTH PLAIN ********\r\n", "AUTH PLAIN Zm9v", 3),
+                      {"extra": {"a": 1}})]
+
+
+def test_reprs_hide_secrets() -> None:
+    data = LoginPassword(login=b"alice", password=PASSWORD.encode())
+    assert repr(data) == str(data) == "LoginPassword(login='alice', password=...)"
+    # A non-UTF-8 login does not make repr raise.
+    assert repr(LoginPassword(b"\xff", b"x")) == "LoginPassword(login='\\xff', password=...)"
+    result = AuthResult(success=True, auth_data=data)
+    assert PASSWORD not in repr(result)
+    assert repr(result).endswith("auth_data=...)")
+
+
+def test_login_data_deprecation_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="mail.log")
+    loop = asyncio.new_event_loop()
+    loop.close()
+    session = Session(loop)
+    assert session.login_data is None
+    assert caplog.messages == [
+        "Session.login_data is deprecated and will be removed in version 2.0"
+    ]
