@@ -47,7 +47,17 @@ def find_long_line(buf: bytes | bytearray, line_limit: int, start: int = 0,
     while end - p > line_limit - 2:
         # A CRLF at index q ends a line of q + 2 - p bytes; it fits the limit
         # when q + 2 <= p + line_limit, i.e. the CRLF lies inside the window.
-        q = buf.rfind(b"\r\n", p, min(p + line_limit, end))
+        stop = p + line_limit
+        if stop > end:
+            stop = end
+        # Fast path: a one-byte search (memrchr) for the window's last LF,
+        # which nearly always ends a CRLF; a two-byte search is ten times
+        # slower.
+        q = buf.rfind(b"\n", p, stop)
+        if q > p and buf[q - 1] == 13:
+            p = q + 1
+            continue
+        q = buf.rfind(b"\r\n", p, stop)
         if q < 0:
             if end - p >= line_limit:
                 return p
@@ -63,6 +73,10 @@ def unstuff(content: bytes) -> bytes:
     does not start a line).  ``bytes.replace`` returns ``content`` itself when
     there is nothing to replace, so the common case copies nothing.
     """
+    # A one-byte search is far faster than the three-byte one below, and
+    # large bodies (base64 attachments) usually contain no dot at all.
+    if b"." not in content:
+        return content
     if content[:1] == b".":
         content = content[1:]
     return content.replace(b"\r\n.", b"\r\n")
