@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import warnings
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
@@ -32,10 +30,6 @@ class LMTP(SMTP):
 
     def __init__(self, handler: Any, *, per_recipient_replies: bool = False, **kwargs: Any) -> None:
         self.per_recipient_replies = per_recipient_replies
-        # How many times the next reply is to be sent: set when a DATA
-        # transaction ends with a reply that stands for every recipient.
-        self._reply_repeat = 0
-        self._delivering = False
         super().__init__(handler, **kwargs)
 
     @syntax("LHLO hostname")
@@ -64,28 +58,19 @@ class LMTP(SMTP):
 
     # -- Replies after DATA -------------------------------------------------------
 
-    def _set_post_data_state(self) -> None:
-        # Every DATA outcome passes here right before its reply. Outside
-        # delivery (i.e. a server-side error such as "552 Too much mail
-        # data") that reply concerns every recipient.
-        if self.per_recipient_replies and not self._delivering and self.envelope:
-            self._reply_repeat = len(self.envelope.rcpt_tos)
-        super()._set_post_data_state()
-
-    async def push(self, status: Union[str, bytes]) -> None:
-        repeat, self._reply_repeat = self._reply_repeat, 0
-        for _ in range(max(repeat, 1)):
-            await super().push(status)
+    async def _data_failed(self, status: str) -> None:
+        # The server's own verdict on the data concerns every recipient.
+        assert self.envelope is not None
+        count = len(self.envelope.rcpt_tos) if self.per_recipient_replies else 1
+        self._set_post_data_state()
+        for _ in range(max(count, 1)):
+            await self.push(status)
 
     async def _deliver(self) -> None:
-        assert self.session is not None and self.envelope is not None
+        assert self.envelope is not None
         rcpt_count = len(self.envelope.rcpt_tos)
         status = await self._delivery_status()
-        self._delivering = True
-        try:
-            self._set_post_data_state()
-        finally:
-            self._delivering = False
+        self._set_post_data_state()
         if isinstance(status, (list, tuple)):
             for reply in status:
                 await self.push(reply)
@@ -94,24 +79,3 @@ class LMTP(SMTP):
                 await self.push("250 OK")
         else:
             await self.push(status)
-
-    async def _delivery_status(self) -> Any:
-        """The handler's verdict on the received message, or MISSING."""
-        assert self.session is not None and self.envelope is not None
-        if "DATA" in self._handle_hooks:
-            return await self._call_handler_hook("DATA")
-        process_message = getattr(self.event_handler, "process_message", None)
-        if process_message is None:
-            return MISSING
-        warnings.warn(
-            "Use handler.handle_DATA() instead of .process_message()",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        envelope = self.envelope
-        args = (self.session.peer, envelope.mail_from, envelope.rcpt_tos, envelope.content)
-        if asyncio.iscoroutinefunction(process_message):
-            status = await process_message(*args)
-        else:
-            status = process_message(*args)
-        return MISSING if status is None else status

@@ -26,16 +26,19 @@ from typing import (
 from aiosmtpd import __version__, _grammar
 from aiosmtpd._auth import (
     AuthCallbackType,
-    AuthenticatorType,
     AuthMechanismType,
     AuthMixin,
-    AuthResult,  # noqa: F401 - public, outside __all__ (smtp.md 2.1)
     LoginPassword,
     auth_mechanism,
-    login_always_fail,  # noqa: F401 - public default auth_callback
     sanitize,
     sanitized_log,
 )
+
+# Public, though outside __all__ (smtp.md 2.1): "X as X" marks the re-export
+# for type checkers.
+from aiosmtpd._auth import AuthenticatorType as AuthenticatorType
+from aiosmtpd._auth import AuthResult as AuthResult
+from aiosmtpd._auth import login_always_fail as login_always_fail
 from aiosmtpd._framing import DataError, DataReader, has_bare_cr_or_lf, unstuff
 from aiosmtpd._hooks import MISSING, syntax
 from aiosmtpd._loop import get_or_new_eventloop
@@ -982,20 +985,17 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
             log.info("Connection lost during DATA")
             raise
         if reader.error is DataError.TOO_LONG:
-            self._set_post_data_state()
-            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            await self._data_failed("500 Line too long (see RFC5321 4.5.3.1.6)")
             return
         if reader.error is DataError.TOO_MUCH:
-            self._set_post_data_state()
-            await self.push("552 Error: Too much mail data")
+            await self._data_failed("552 Error: Too much mail data")
             return
         assert reader.content is not None
         if log.isEnabledFor(logging.DEBUG):
             for data_line in reader.content.splitlines(keepends=True):
                 log.debug("DATA readline: %s", data_line)
         if self._strict_line_endings and has_bare_cr_or_lf(reader.content):
-            self._set_post_data_state()
-            await self.push("554 5.6.0 Error: bare CR or LF in message data")
+            await self._data_failed("554 5.6.0 Error: bare CR or LF in message data")
             return
         original_content = unstuff(reader.content)
         content: Union[bytes, str] = original_content
@@ -1008,34 +1008,42 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
                 except UnicodeDecodeError:
                     # Decision (smtp.md 8.8): reset here too, as after the
                     # other DATA errors.
-                    self._set_post_data_state()
-                    await self.push("500 Error: strict ASCII mode")
+                    await self._data_failed("500 Error: strict ASCII mode")
                     return
         self.envelope.content = content
         self.envelope.original_content = original_content
         await self._deliver()
 
+    async def _data_failed(self, status: str) -> None:
+        """Reject received DATA: reset the transaction and reply (LMTP
+        overrides this to answer once per recipient)."""
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _delivery_status(self) -> Any:
+        """The handler's verdict on the received message, or MISSING."""
+        assert self.session is not None and self.envelope is not None
+        if "DATA" in self._handle_hooks:
+            return await self._call_handler_hook("DATA")
+        process_message = getattr(self.event_handler, "process_message", None)
+        if process_message is None:
+            return MISSING
+        warnings.warn(
+            "Use handler.handle_DATA() instead of .process_message()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        envelope = self.envelope
+        args = (self.session.peer, envelope.mail_from, envelope.rcpt_tos, envelope.content)
+        if asyncio.iscoroutinefunction(process_message):
+            status = await process_message(*args)
+        else:
+            status = process_message(*args)
+        return MISSING if status is None else status
+
     async def _deliver(self) -> None:
         """Hand the received message to the handler and reply (LMTP overrides)."""
-        assert self.session is not None and self.envelope is not None
-        status: Any = MISSING
-        if "DATA" in self._handle_hooks:
-            status = await self._call_handler_hook("DATA")
-        else:
-            process_message = getattr(self.event_handler, "process_message", None)
-            if process_message is not None:
-                warnings.warn(
-                    "Use handler.handle_DATA() instead of .process_message()",
-                    DeprecationWarning, stacklevel=2,
-                )
-                envelope = self.envelope
-                args = (self.session.peer, envelope.mail_from, envelope.rcpt_tos, envelope.content)
-                if asyncio.iscoroutinefunction(process_message):
-                    status = await process_message(*args)
-                else:
-                    status = process_message(*args)
-                if status is None:
-                    status = MISSING
+        status = await self._delivery_status()
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
 
