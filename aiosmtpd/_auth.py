@@ -133,10 +133,15 @@ def decode_b64(blob: Union[str, bytes]) -> bytes:
     return base64.b64decode(blob, validate=True)
 
 
+# Registries shared between connections, keyed by their content.
+_registries: dict[tuple[tuple[str, tuple[str, bool]], ...], dict[str, tuple[str, bool]]] = {}
+
+
 class AuthMixin:
     """The AUTH state and mechanisms of an ``SMTP`` connection."""
 
     if TYPE_CHECKING:  # pragma: no cover - provided by SMTP
+        event_handler: Any
         session: Optional[Session]
         envelope: Optional[Envelope]
         AuthLoginUsernameChallenge: str
@@ -165,25 +170,36 @@ class AuthMixin:
         self._auth_require_tls = auth_require_tls
         self._authenticator = authenticator
         self._auth_callback = auth_callback or login_always_fail
-        # Mechanism name -> (method, is_builtin); handler entries come second
-        # so a handler's auth_PLAIN replaces the built-in one.
-        self._auth_methods: dict[str, tuple[Callable[..., Awaitable[Any]], bool]] = {}
+        # Mechanism name -> (attribute name, is_builtin); handler entries come
+        # second so a handler's auth_PLAIN replaces the built-in one.  The
+        # names, not bound methods, are kept: equal registries are shared
+        # between connections instead of built for each one.
+        registry: dict[str, tuple[str, bool]] = {}
         for obj, builtin in ((self, True), (handler, False)):
             for name in _names_with_prefix(obj, "auth_"):
-                member = getattr(obj, name)
-                mechanism = getattr(member, "__auth_mechanism_name__", None)
+                mechanism = getattr(getattr(obj, name), "__auth_mechanism_name__", None)
                 if mechanism is None:
                     mechanism = name[5:].replace("__", "-")
-                self._auth_methods[mechanism] = (member, builtin)
+                registry[mechanism] = (name, builtin)
         for mechanism in auth_exclude_mechanism or ():
-            self._auth_methods.pop(mechanism, None)
-        log.info(
-            "Available AUTH mechanisms: %s",
-            " ".join(
-                f"{m}(builtin)" if builtin else m
-                for m, (_, builtin) in sorted(self._auth_methods.items())
-            ),
-        )
+            registry.pop(mechanism, None)
+        key = tuple(registry.items())
+        shared = _registries.get(key)
+        if shared is None and len(_registries) < 256:
+            shared = _registries[key] = registry
+        self._auth_methods = shared if shared is not None else registry
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "Available AUTH mechanisms: %s",
+                " ".join(
+                    f"{m}(builtin)" if builtin else m
+                    for m, (_, builtin) in sorted(self._auth_methods.items())
+                ),
+            )
+
+    def _auth_method(self, mechanism: str) -> tuple[Callable[..., Awaitable[Any]], bool]:
+        name, builtin = self._auth_methods[mechanism]
+        return getattr(self if builtin else self.event_handler, name), builtin
 
     def _auth_advertised(self) -> bool:
         # Decision (smtp.md 8.2): no "250-AUTH " line with an empty registry.
@@ -326,7 +342,7 @@ class AuthMixin:
             if status is not None:
                 await self.push(status)
             return
-        method, is_builtin = self._auth_methods[mechanism]
+        method, is_builtin = self._auth_method(mechanism)
         log.debug(
             "Using %s auth_ hook for %r", "builtin" if is_builtin else "handler", mechanism
         )

@@ -155,6 +155,9 @@ def _names_with_prefix(obj: Any, prefix: str) -> list[str]:
     return [*names, *own] if own else list(names)
 
 
+# Shared by every connection whose handler has no hooks; never mutated.
+_NO_HOOKS: dict[str, Callable[..., Any]] = {}
+
 _command_cache: dict[type, frozenset[str]] = {}
 
 
@@ -296,7 +299,7 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
         self._handle_hooks: dict[str, Callable[..., Any]] = {
             name[7:]: getattr(handler, name)
             for name in _names_with_prefix(handler, "handle_")
-        }
+        } or _NO_HOOKS
         self._ehlo_hook_ver: Optional[str] = None
         ehlo_hook = self._handle_hooks.get("EHLO")
         if ehlo_hook is not None:
@@ -454,16 +457,18 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
             self._reading_paused = False
             self.transport.resume_reading()  # type: ignore[attr-defined]
 
-    async def _wait_for_data(self) -> None:
+    def _wait_for_data(self) -> asyncio.Future[None]:
+        """Return a future that completes when more data has arrived.
+
+        A plain function, not a coroutine: an idle connection waits here, and
+        one coroutine frame less is memory saved on every idle connection.
+        """
         if self.transport is None or self.transport.is_closing():
             raise ConnectionResetError("Connection lost")
         if self._reading_paused:
             self._resume_reading()
-        self._waiter = self.loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
+        self._waiter = waiter = self.loop.create_future()
+        return waiter
 
     # -- Inactivity timer -----------------------------------------------------------
 
@@ -506,13 +511,15 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
     async def push(self, status: Union[str, bytes]) -> None:
         await self._write(self._encode(status))
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes, lines: Sequence[bytes] = ()) -> None:
         transport = self.transport
         if transport is None:
             raise ConnectionResetError("Connection lost")
         transport.write(data + b"\r\n")  # type: ignore[attr-defined]
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%r << %r", self.session.peer if self.session else None, data)
+            # One record per reply line, as upstream logs them (smtp.md 10).
+            for line in lines or (data,):
+                log.debug("%r << %r", self.session.peer if self.session else None, line)
         if self._paused:  # type: ignore[attr-defined]
             await self._drain_helper()  # type: ignore[attr-defined]
 
@@ -520,7 +527,8 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
         """Push several reply lines with one transport write: a multi-line
         reply sent line by line costs a syscall and a TCP segment per line."""
         if lines:
-            await self._write(b"\r\n".join([self._encode(line) for line in lines]))
+            encoded = [self._encode(line) for line in lines]
+            await self._write(b"\r\n".join(encoded), encoded)
 
     async def handle_exception(self, error: Exception) -> Any:
         handler_method = getattr(self.event_handler, "handle_exception", None)
