@@ -10,20 +10,17 @@ classmethod can be chosen with ``python -m aiosmtpd -c``.
 from __future__ import annotations
 
 import asyncio
-import email.message
 import logging
-import mailbox
 import os
 import re
-import smtplib
 import sys
 from abc import ABCMeta, abstractmethod
-from email import message_from_bytes, message_from_string
 from typing import TYPE_CHECKING, Any, Optional, TextIO, Union
 
 from aiosmtpd._loop import get_or_new_eventloop
 
 if TYPE_CHECKING:  # pragma: no cover
+    import email.message
     from argparse import ArgumentParser
 
     from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -159,6 +156,10 @@ class Proxy:
         return RELAY_TEMPFAIL if temporary else RELAY_PERMFAIL
 
     def _deliver(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> RefusedRecipients:
+        # Imported here, as the email and mailbox modules below: a server
+        # that uses only Sink should not carry them (about 1.5 MiB).
+        import smtplib
+
         refused: RefusedRecipients = {}
         client = smtplib.SMTP(timeout=self._timeout)
         try:
@@ -203,6 +204,8 @@ class MessageBase(metaclass=ABCMeta):
         self.message_class = message_class
 
     def prepare_message(self, session: Session, envelope: Envelope) -> email.message.Message:
+        from email import message_from_bytes, message_from_string
+
         data: Any = envelope.content
         message: email.message.Message
         if isinstance(data, (bytes, bytearray)):
@@ -274,6 +277,8 @@ class Mailbox(Message):
         mail_dir: Union[str, os.PathLike[str]],
         message_class: Optional[type[email.message.Message]] = None,
     ) -> None:
+        import mailbox
+
         self.mailbox = mailbox.Maildir(mail_dir)
         self.mail_dir = mail_dir
         super().__init__(message_class)

@@ -14,7 +14,7 @@ from argparse import ArgumentParser, Namespace
 from contextlib import suppress
 from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from aiosmtpd import __version__
 from aiosmtpd._loop import get_or_new_eventloop
@@ -244,7 +244,7 @@ def _server_tls_context(cert: Optional[str], key: Optional[str]) -> Optional[ssl
     return context
 
 
-def _setuid_failed() -> None:
+def _setuid_failed() -> NoReturn:
     print('Cannot setuid "nobody"; try running with -n option.', file=sys.stderr)
     sys.exit(1)
 
@@ -266,6 +266,8 @@ def _preload() -> None:
     import email.feedparser  # noqa: F401 - message parsing in handlers
     import email.parser  # noqa: F401
     import encodings.idna  # noqa: F401 - socket.getfqdn()
+    import mailbox  # noqa: F401 - handlers.Mailbox
+    import smtplib  # noqa: F401 - handlers.Proxy
 
 
 def _drop_privileges(nobody: Any) -> None:
@@ -315,7 +317,7 @@ def _shutdown(
 
 def main(args: Optional[Sequence[str]] = None) -> None:
     """Run the SMTP server from the command line (``args`` default: sys.argv)."""
-    _parser_, parsed = parseargs(args)
+    _, parsed = parseargs(args)
     nobody = _lookup_nobody() if parsed.setuid else None
 
     # Key files are read and the port is bound before giving up root, so
@@ -347,7 +349,9 @@ def main(args: Optional[Sequence[str]] = None) -> None:
         if not stop.done():
             stop.set_result(None)
 
-    with suppress(NotImplementedError):
+    # Not available on Windows nor outside the main thread; there Ctrl-C
+    # arrives as KeyboardInterrupt instead.
+    with suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGINT, request_stop)
 
     log.debug("Attempting to start server on %s:%s", parsed.host, parsed.port)
