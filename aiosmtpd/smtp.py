@@ -413,7 +413,21 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
         if transport.get_extra_info("ssl_object") is not None:
             self._tls_active = True
             self.session.ssl = tls_info(transport)
-        self._handler_coroutine = self.loop.create_task(self._handle_client())
+        log.info("%r handling connection", self.session.peer)
+        # Without PROXY the greeting goes out now rather than one loop
+        # iteration later from the task: a client waits for nothing else.
+        greeted = self._proxy_timeout is None and self._greet(transport)
+        self._handler_coroutine = self.loop.create_task(self._handle_client(greeted))
+
+    def _greet(self, transport: asyncio.BaseTransport) -> bool:
+        try:
+            data = self._encode(f"220 {self.hostname} {self.__ident__}")
+        except UnicodeEncodeError:
+            return False  # the task's push() reports it as upstream did
+        transport.write(data + b"\r\n")  # type: ignore[attr-defined]
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%r << %r", self.session.peer if self.session else None, data)
+        return True
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         peer = self.session.peer if self.session else None
@@ -586,13 +600,13 @@ class SMTP(AuthMixin, StartTLSMixin, asyncio.StreamReaderProtocol):
             buf.clear()
             await self._wait_for_data()
 
-    async def _handle_client(self) -> None:
+    async def _handle_client(self, greeted: bool = False) -> None:
         assert self.session is not None
-        log.info("%r handling connection", self.session.peer)
         try:
             if self._proxy_timeout is not None and not await self._accept_proxy_header():
                 return
-            await self.push(f"220 {self.hostname} {self.__ident__}")
+            if not greeted:
+                await self.push(f"220 {self.hostname} {self.__ident__}")
             call_limits: Optional[dict[str, int]] = None
             if self._call_limit_base is not None:
                 call_limits = dict(self._call_limit_base)
