@@ -1,0 +1,267 @@
+"""The mail transaction: MAIL, RCPT and DATA for the ``SMTP`` class.
+
+Reading the DATA content is the hot path: :meth:`_read_data` hands everything
+received so far to the pure ``DataReader`` (``_framing``) at each wake-up,
+never one line at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+from aiosmtpd._framing import DataError, DataReader, has_bare_cr_or_lf, unstuff
+from aiosmtpd._hooks import MISSING, syntax
+
+if TYPE_CHECKING:  # pragma: no cover
+    from aiosmtpd.smtp import Envelope, Session
+
+log = logging.getLogger("mail.log")
+
+
+class TransactionMixin:
+    """MAIL, RCPT and DATA of an ``SMTP`` connection."""
+
+    if TYPE_CHECKING:  # pragma: no cover - provided by SMTP
+        event_handler: Any
+        session: Optional[Session]
+        envelope: Optional[Envelope]
+        data_size_limit: Optional[int]
+        enable_SMTPUTF8: bool
+        line_length_limit: int
+        _decode_data: bool
+        _strict_line_endings: bool
+        _handle_hooks: dict[str, Callable[..., Any]]
+        _buf: bytearray
+        _in_data: bool
+
+        async def push(self, status: Union[str, bytes]) -> None: ...
+        async def check_helo_needed(self, helo: str = "HELO") -> bool: ...
+        async def check_auth_needed(self, caller_method: str) -> bool: ...
+        async def _call_handler_hook(self, command: str, *args: Any) -> Any: ...
+        def _strip_command_keyword(self, keyword: str, arg: str) -> Optional[str]: ...
+        def _getaddr(self, arg: str) -> tuple[Optional[str], Optional[str]]: ...
+        def _getparams(self, params: list[str]) -> Optional[dict[str, Union[str, bool]]]: ...
+        def _set_post_data_state(self) -> None: ...
+        def _resume_reading(self) -> None: ...
+        def _reset_timeout(self) -> None: ...
+        def _wait_for_data(self) -> asyncio.Future[None]: ...
+
+    def _syntax_error(self, text: str, extended: str) -> str:
+        assert self.session is not None
+        if self.session.extended_smtp:
+            return f"501 Syntax: {text}{extended}"
+        return f"501 Syntax: {text}"
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: Optional[str]) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("MAIL"):
+            return
+        assert self.session is not None and self.envelope is not None
+        syntaxerr = self._syntax_error("MAIL FROM: <address>", " [SP <mail-parameters>]")
+        if arg is None:
+            await self.push(syntaxerr)
+            return
+        arg = self._strip_command_keyword("FROM:", arg)
+        if arg is None:
+            await self.push(syntaxerr)
+            return
+        address, rest = self._getaddr(arg)
+        if address is None:
+            await self.push("553 5.1.3 Error: malformed address")
+            return
+        if not address or (rest and not self.session.extended_smtp):
+            await self.push(syntaxerr)
+            return
+        if self.envelope.mail_from:
+            await self.push("503 Error: nested MAIL command")
+            return
+        mail_options = (rest or "").upper().split()
+        params = self._getparams(mail_options)
+        if params is None:
+            await self.push(syntaxerr)
+            return
+        if not self._decode_data:
+            body = params.pop("BODY", "7BIT")
+            if body not in ("7BIT", "8BITMIME"):
+                await self.push("501 Error: BODY can only be one of 7BIT, 8BITMIME")
+                return
+        smtputf8 = params.pop("SMTPUTF8", False)
+        if not isinstance(smtputf8, bool):
+            await self.push("501 Error: SMTPUTF8 takes no arguments")
+            return
+        if smtputf8 and not self.enable_SMTPUTF8:
+            await self.push("501 Error: SMTPUTF8 disabled")
+            return
+        self.envelope.smtp_utf8 = smtputf8
+        size = params.pop("SIZE", None)
+        if size is not None:
+            # Only ASCII digits: int() would accept other Unicode digits,
+            # or raise on some of them (smtp.md 8.6).
+            if isinstance(size, bool) or not (size.isascii() and size.isdigit()):
+                await self.push(syntaxerr)
+                return
+            if self.data_size_limit and int(size) > self.data_size_limit:
+                await self.push("552 Error: message size exceeds fixed maximum message size")
+                return
+        if params:
+            await self.push("555 MAIL FROM parameters not recognized or not implemented")
+            return
+        status = await self._call_handler_hook("MAIL", address, mail_options)
+        if status is MISSING:
+            self.envelope.mail_from = address
+            self.envelope.mail_options.extend(mail_options)
+            status = "250 OK"
+        log.info("%r sender: %s", self.session.peer, address)
+        await self.push(status)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: Optional[str]) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("RCPT"):
+            return
+        assert self.session is not None and self.envelope is not None
+        if not self.envelope.mail_from:
+            await self.push("503 Error: need MAIL command")
+            return
+        syntaxerr = self._syntax_error("RCPT TO: <address>", " [SP <mail-parameters>]")
+        if arg is None:
+            await self.push(syntaxerr)
+            return
+        arg = self._strip_command_keyword("TO:", arg)
+        if arg is None:
+            await self.push(syntaxerr)
+            return
+        address, rest = self._getaddr(arg)
+        # Decision (smtp.md 8.9): there is no null forward-path.
+        if address is None or address == "<>":
+            await self.push("553 5.1.3 Error: malformed address")
+            return
+        if not address or (rest and not self.session.extended_smtp):
+            await self.push(syntaxerr)
+            return
+        rcpt_options = (rest or "").upper().split()
+        params = self._getparams(rcpt_options)
+        if params is None:
+            await self.push(syntaxerr)
+            return
+        if params:
+            await self.push("555 RCPT TO parameters not recognized or not implemented")
+            return
+        status = await self._call_handler_hook("RCPT", address, rcpt_options)
+        if status is MISSING:
+            self.envelope.rcpt_tos.append(address)
+            self.envelope.rcpt_options.extend(rcpt_options)
+            status = "250 OK"
+        log.info("%r recip: %s", self.session.peer, address)
+        await self.push(status)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: Optional[str]) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.session is not None and self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            reader = await self._read_data()
+        except (asyncio.CancelledError, ConnectionResetError):
+            log.info("Connection lost during DATA")
+            raise
+        if reader.error is DataError.TOO_LONG:
+            await self._data_failed("500 Line too long (see RFC5321 4.5.3.1.6)")
+            return
+        if reader.error is DataError.TOO_MUCH:
+            await self._data_failed("552 Error: Too much mail data")
+            return
+        assert reader.content is not None
+        if log.isEnabledFor(logging.DEBUG):
+            for data_line in reader.content.splitlines(keepends=True):
+                log.debug("DATA readline: %s", data_line)
+        if self._strict_line_endings and has_bare_cr_or_lf(reader.content):
+            await self._data_failed("554 5.6.0 Error: bare CR or LF in message data")
+            return
+        original_content = unstuff(reader.content)
+        content: Union[bytes, str] = original_content
+        if self._decode_data:
+            if self.enable_SMTPUTF8:
+                content = original_content.decode("utf-8", errors="surrogateescape")
+            else:
+                try:
+                    content = original_content.decode("ascii", errors="strict")
+                except UnicodeDecodeError:
+                    # Decision (smtp.md 8.8): reset here too, as after the
+                    # other DATA errors.
+                    await self._data_failed("500 Error: strict ASCII mode")
+                    return
+        self.envelope.content = content
+        self.envelope.original_content = original_content
+        await self._deliver()
+
+    async def _data_failed(self, status: str) -> None:
+        """Reject received DATA: reset the transaction and reply (LMTP
+        overrides this to answer once per recipient)."""
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _delivery_status(self) -> Any:
+        """The handler's verdict on the received message, or MISSING."""
+        assert self.session is not None and self.envelope is not None
+        if "DATA" in self._handle_hooks:
+            return await self._call_handler_hook("DATA")
+        process_message = getattr(self.event_handler, "process_message", None)
+        if process_message is None:
+            return MISSING
+        warnings.warn(
+            "Use handler.handle_DATA() instead of .process_message()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        envelope = self.envelope
+        args = (self.session.peer, envelope.mail_from, envelope.rcpt_tos, envelope.content)
+        if asyncio.iscoroutinefunction(process_message):
+            status = await process_message(*args)
+        else:
+            status = process_message(*args)
+        return MISSING if status is None else status
+
+    async def _deliver(self) -> None:
+        """Hand the received message to the handler and reply (LMTP overrides)."""
+        status = await self._delivery_status()
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_data(self) -> DataReader:
+        """Read DATA content up to the terminator, in as few steps as the
+        network allows: each wake-up scans everything received so far."""
+        reader = DataReader(self.data_size_limit, self.line_length_limit)
+        buf = self._buf
+        self._in_data = True
+        self._resume_reading()
+        try:
+            seen = len(buf)
+            while True:
+                consumed = reader.feed(buf)
+                if consumed is not None:
+                    del buf[:consumed]
+                    return reader
+                # Decision (smtp.md 7.5): a client that keeps completing
+                # lines is not idle.
+                if buf.find(b"\n", max(0, min(seen, len(buf)) - 1)) >= 0:
+                    self._reset_timeout()
+                await self._wait_for_data()
+                seen = len(buf)
+        finally:
+            self._in_data = False
