@@ -1,0 +1,200 @@
+"""The session commands of the ``SMTP`` class: HELO, EHLO, NOOP, QUIT, RSET,
+VRFY, EXPN and HELP.  (MAIL, RCPT and DATA are in ``_transaction``, AUTH in
+``_auth``, STARTTLS in ``_starttls``.)"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+from aiosmtpd._hooks import MISSING, syntax
+
+if TYPE_CHECKING:  # pragma: no cover
+    from aiosmtpd.smtp import Envelope, Session
+
+log = logging.getLogger("mail.log")
+
+
+class SessionCommandsMixin:
+    """HELO, EHLO, NOOP, QUIT, RSET, VRFY, EXPN and HELP."""
+
+    if TYPE_CHECKING:  # pragma: no cover - provided by SMTP
+        hostname: str
+        session: Optional[Session]
+        envelope: Optional[Envelope]
+        transport: Optional[asyncio.BaseTransport]
+        tls_context: Any
+        data_size_limit: Optional[int]
+        enable_SMTPUTF8: bool
+        command_size_limit: int
+        command_size_limits: Any
+        _decode_data: bool
+        _tls_active: bool
+        _ehlo_hook_ver: Optional[str]
+        _smtp_commands: frozenset[str]
+        _auth_methods: dict[str, tuple[str, bool]]
+
+        async def push(self, status: Union[str, bytes]) -> None: ...
+        async def _push_lines(self, lines: Sequence[Union[str, bytes]]) -> None: ...
+        async def check_auth_needed(self, caller_method: str) -> bool: ...
+        async def _call_handler_hook(self, command: str, *args: Any) -> Any: ...
+        def _set_rset_state(self) -> None: ...
+        def _getaddr(self, arg: str) -> tuple[Optional[str], Optional[str]]: ...
+        def _auth_advertised(self) -> bool: ...
+        def _syntax_available(self, method: Any) -> bool: ...
+        def _command_method(
+            self, command: str
+        ) -> Optional[Callable[[Optional[str]], Awaitable[Any]]]: ...
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: Optional[str]) -> None:
+        assert self.session is not None
+        if not hostname:
+            await self.push("501 Syntax: HELO hostname")
+            return
+        self._set_rset_state()
+        self.session.extended_smtp = False
+        status = await self._call_handler_hook("HELO", hostname)
+        if status is MISSING:
+            self.session.host_name = hostname
+            status = f"250 {self.hostname}"
+        await self.push(status)
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: Optional[str]) -> None:
+        if not hostname:
+            await self.push("501 Syntax: EHLO hostname")
+            return
+        await self._ehlo(hostname)
+
+    def _ehlo_lines(self) -> list[str]:
+        """The EHLO response lines before the final ``250 HELP``."""
+        size_allowance = 0
+        lines = [f"250-{self.hostname}"]
+        if self.data_size_limit:
+            lines.append(f"250-SIZE {self.data_size_limit}")
+            size_allowance += 26  # RFC 1870 SIZE=<n> on MAIL
+        if not self._decode_data:
+            lines.append("250-8BITMIME")
+        if self.enable_SMTPUTF8:
+            lines.append("250-SMTPUTF8")
+            size_allowance += 10  # RFC 6531 SMTPUTF8 on MAIL
+        # Recomputed at each EHLO, never accumulated (smtp.md 6.3).
+        self.command_size_limits["MAIL"] = self.command_size_limit + size_allowance
+        if self.tls_context and not self._tls_active:
+            lines.append("250-STARTTLS")
+        if self._auth_advertised():
+            lines.append("250-AUTH " + " ".join(sorted(self._auth_methods)))
+        return lines
+
+    async def _ehlo(self, hostname: str) -> None:
+        """EHLO (and LMTP's LHLO) once the argument has been checked."""
+        assert self.session is not None
+        self._set_rset_state()
+        self.session.extended_smtp = True
+        lines = self._ehlo_lines()
+        ehlo_hook = getattr(self, "ehlo_hook", None)
+        if ehlo_hook is not None:
+            warnings.warn(
+                "Use handler.handle_EHLO() instead of .ehlo_hook()",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        if self._ehlo_hook_ver is None:
+            self.session.host_name = hostname
+            lines.append("250 HELP")
+        elif self._ehlo_hook_ver == "old":
+            for line in lines:
+                await self.push(line)
+            if ehlo_hook is not None:
+                await ehlo_hook()
+            await self.push(await self._call_handler_hook("EHLO", hostname))
+            return
+        else:
+            lines.append("250 HELP")
+            lines = await self._call_handler_hook("EHLO", hostname, lines)
+        if ehlo_hook is None:
+            await self._push_lines(lines)
+            return
+        # Decision (smtp.md 8.2): the deprecated ehlo_hook runs just before
+        # the final line, as upstream documented, not before the first.
+        await self._push_lines(lines[:-1])
+        await ehlo_hook()
+        await self._push_lines(lines[-1:])
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: Optional[str]) -> None:
+        status = await self._call_handler_hook("NOOP", arg)
+        await self.push("250 OK" if status is MISSING else status)
+
+    @syntax("QUIT")
+    async def smtp_QUIT(self, arg: Optional[str]) -> None:
+        if arg:
+            await self.push("501 Syntax: QUIT")
+            return
+        status = await self._call_handler_hook("QUIT")
+        await self.push("221 Bye" if status is MISSING else status)
+        if self.transport is not None:
+            self.transport.close()
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: Optional[str]) -> None:
+        if arg:
+            await self.push("501 Syntax: RSET")
+            return
+        self._set_rset_state()
+        rset_hook = getattr(self, "rset_hook", None)
+        if rset_hook is not None:
+            warnings.warn(
+                "Use handler.handle_RSET() instead of .rset_hook()",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            await rset_hook()
+        status = await self._call_handler_hook("RSET")
+        await self.push("250 OK" if status is MISSING else status)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: Optional[str]) -> None:
+        if await self.check_auth_needed("VRFY"):
+            return
+        if not arg:
+            await self.push("501 Syntax: VRFY <address>")
+            return
+        address, _ = self._getaddr(arg)
+        if address is None:
+            await self.push(f"502 Could not VRFY {arg}")
+            return
+        status = await self._call_handler_hook("VRFY", address)
+        if status is MISSING:
+            status = "252 Cannot VRFY user, but will accept message and attempt delivery"
+        await self.push(status)
+
+    async def smtp_EXPN(self, arg: Optional[str]) -> None:
+        await self.push("502 EXPN not implemented")
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: Optional[str]) -> None:
+        if await self.check_auth_needed("HELP"):
+            return
+        assert self.session is not None
+        code = 250
+        if arg:
+            method = self._command_method(arg.upper())
+            if method is not None and self._syntax_available(method):
+                help_str: str = method.__smtp_syntax__  # type: ignore[attr-defined]
+                extended = method.__smtp_syntax_extended__  # type: ignore[attr-defined]
+                if self.session.extended_smtp and extended:
+                    help_str += extended
+                await self.push(f"250 Syntax: {help_str}")
+                return
+            code = 501
+        commands = " ".join(
+            sorted(
+                n for n in self._smtp_commands if self._syntax_available(self._command_method(n))
+            )
+        )
+        await self.push(f"{code} Supported commands: {commands}")
