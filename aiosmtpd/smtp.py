@@ -1,9 +1,14 @@
 """The SMTP protocol: :class:`SMTP`, :class:`Session`, :class:`Envelope`.
 
-This module is the public face.  The pieces that need no I/O live in private
-modules: the argument grammar in ``_grammar``, DATA framing in ``_framing``,
-and AUTH in ``_auth``.  Data flows one way: socket bytes -> receive buffer ->
-command line or DATA framing -> ``smtp_<VERB>`` method -> handler hook -> reply.
+This module is the public face: the connection's life cycle, its receive
+buffer, the command loop and hook dispatch.  The commands live beside it:
+HELO/EHLO/NOOP/QUIT/RSET/VRFY/EXPN/HELP in ``_session_commands``, MAIL/RCPT/DATA
+in ``_transaction``, AUTH in ``_auth``, STARTTLS in ``_starttls``, the PROXY
+header in ``_proxy_flow``.  The pieces that need no I/O are pure modules: the
+argument grammar in ``_grammar`` and DATA framing in ``_framing``.
+
+Data flows one way: socket bytes -> receive buffer -> command line or DATA
+framing -> ``smtp_<VERB>`` method -> handler hook -> reply.
 """
 
 from __future__ import annotations
