@@ -133,14 +133,18 @@ class DataReader:
     def _check(self, buf: bytearray, end: int, final: bool = False) -> None:
         """Set :attr:`error` if the content ``buf[:end]`` breaks a limit.
 
-        Limits apply line by line, in order, as upstream reads them: a line
-        that is too long is rejected before its bytes are counted, so a long
-        line wins over the size only if it comes no later than the line that
-        carries the content past the size limit.  Unless ``final``, the last
-        line of ``buf[:end]`` may be incomplete, and may yet become the
-        terminator.  Assumes ``line_limit >= 3`` (the terminator's length).
+        Limits apply line by line, in order, and the first one broken wins.
+        Within one line, upstream (reading with a stream limit of
+        ``line_limit``) rejects a line longer than ``line_limit + 2`` before
+        counting its bytes, but counts a line of ``line_limit + 1`` or
+        ``+ 2`` bytes first and only then finds it too long: for the line
+        that takes the count past the size limit, that decides between the
+        two errors.  Unless ``final``, the last line of ``buf[:end]`` may be
+        incomplete, and may yet become the terminator.  Assumes
+        ``line_limit >= 3`` (the terminator's length).
         """
         limit = self.size_limit
+        line_limit = self.line_limit
         if limit is not None and end > limit:
             # The line holding byte number ``limit`` is the one whose bytes
             # take the count past the limit.
@@ -148,19 +152,23 @@ class DataReader:
             start = 0 if start < 0 else start + 2
             crlf = buf.find(b"\r\n", start, end)
             if crlf >= 0:
-                if find_long_line(buf, self.line_limit, 0, crlf + 2) is not None:
+                if (
+                    crlf + 2 - start > line_limit + 2
+                    or find_long_line(buf, line_limit, 0, start) is not None
+                ):
                     self.error = DataError.TOO_LONG
                 else:
                     self.error = DataError.TOO_MUCH
                 return
             # That line is not complete (so not ``final``): it may yet turn
             # out too long, or be the terminator.  Decide once it is
-            # complete, or as soon as it is too long whatever follows.
-            if end - start >= self.line_limit:
+            # complete, or as soon as it is longer than line_limit + 2
+            # whatever follows.
+            if end - start >= line_limit + 2:
                 self.error = DataError.TOO_LONG
             return
         # Within the size limit: the lines are checked once, at the end.
-        if final and find_long_line(buf, self.line_limit, 0, end) is not None:
+        if final and find_long_line(buf, line_limit, 0, end) is not None:
             self.error = DataError.TOO_LONG
 
     def _finish(self, buf: bytearray, content_end: int, consumed: int) -> int:

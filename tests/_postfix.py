@@ -206,9 +206,7 @@ def fetch(verbose: bool = False) -> bool:
             if _missing_libraries(programs, env):
                 for lib_package in _uninstalled_library_depends("postfix"):
                     lib_deb = _apt_download(lib_package, Path(tmp))
-                    subprocess.run(
-                        ["dpkg", "-x", str(lib_deb), str(root)], check=True, timeout=300
-                    )
+                    subprocess.run(["dpkg", "-x", str(lib_deb), str(root)], check=True, timeout=300)
             still_missing = _missing_libraries(programs, _env_with_libs(_library_dirs(root)))
             if still_missing and verbose:
                 print(f"still missing libraries: {still_missing}", file=sys.stderr)

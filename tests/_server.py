@@ -15,7 +15,7 @@ import smtplib
 import socket
 import threading
 from collections.abc import Coroutine, Iterator
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, TypeVar
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -228,13 +228,3 @@ def wait_for(predicate: Callable[[], bool], lt: LoopThread, timeout: float = IO_
 
     return asyncio.run_coroutine_threadsafe(poll(), lt.loop).result(timeout + 1)
 
-
-def drain(client: RawClient) -> Optional[bytes]:
-    """Read to EOF; return everything read."""
-    data = client._buf
-    client._buf = b""
-    while True:
-        chunk = client.sock.recv(65536)
-        if not chunk:
-            return data
-        data += chunk

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 import signal
@@ -10,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -643,6 +645,36 @@ def test_setuid_refused_when_not_root() -> None:
     result = run_cli("-l", f"127.0.0.1:{free_port()}", "-c", "aiosmtpd.handlers.Sink", **kwargs)
     assert result.returncode == 1
     assert result.stderr == 'Cannot setuid "nobody"; try running with -n option.\n'
+
+
+def test_main_in_process() -> None:
+    port = free_port()
+    returned: list[Any] = []
+
+    def interrupt_when_serving() -> None:
+        while not returned:
+            try:
+                with closing(socket.create_connection(("127.0.0.1", port), timeout=30)) as s:
+                    if s.recv(1024).startswith(b"220 "):
+                        os.kill(os.getpid(), signal.SIGINT)
+                        return
+            except ConnectionRefusedError:
+                time.sleep(0.01)  # polling interval, not synchronisation
+
+    thread = threading.Thread(target=interrupt_when_serving)
+    thread.start()
+    try:
+        returned.append(
+            main_module.main(["-n", "-l", f"127.0.0.1:{port}", "-c", "aiosmtpd.handlers.Sink"])
+        )
+    finally:
+        returned.append("done")
+        thread.join()
+        # main() leaves its closed loop installed as the current one.
+        asyncio.set_event_loop(None)
+    assert returned[0] is None
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=30).close()
 
 
 def test_sink_handler_from_cli_is_sink() -> None:

@@ -221,6 +221,14 @@ def test_connection_logs(server: Any, caplog: Any) -> None:
         lambda: any(r.getMessage() == f"{peer!r} << b'250 OK'" for r in caplog.records),
         server.lt,
     )
+    order = [
+        f"Peer: {peer!r}",
+        f"{peer!r} handling connection",
+        f"{peer!r} << b'{GREETING}'",
+        "_handle_client readline: b'NOOP hello\\r\\n'",
+        f"{peer!r} >> b'NOOP hello'",
+    ]
+    assert [m for m in msgs if m in order] == order
     levels = {r.getMessage(): r.levelno for r in caplog.records}
     assert levels[f"{peer!r} >> b'NOOP hello'"] == logging.INFO
     assert levels["_handle_client readline: b'NOOP hello\\r\\n'"] == logging.DEBUG
@@ -656,3 +664,65 @@ def test_recorder_is_default(server: Any) -> None:
     with server.client():
         pass
     assert isinstance(server.last.event_handler, Recorder)
+
+
+def test_failed_starttls_hook_refuses_commands(start: ServerFactory) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+
+    class Refuse:
+        def handle_STARTTLS(self, server: SMTP, session: Session, envelope: Envelope) -> bool:
+            return False
+
+    with start(Refuse(), tls_context=server_ctx).smtplib() as s:
+        s.ehlo()
+        assert s.starttls(context=client_ctx)[0] == 220
+        refused = (554, b"Command refused due to lack of security")
+        assert s.ehlo() == refused
+        assert s.noop() == refused
+        assert s.docmd("FOO") == refused
+        assert s.docmd("QUIT") == (221, b"Bye")
+
+
+def test_mail_smtputf8_recorded_before_later_check(start: ServerFactory) -> None:
+    srv = start(enable_SMTPUTF8=True)
+    with srv.client() as c:
+        c.multi("EHLO x")
+        assert c.cmd("MAIL FROM:<a@b> SMTPUTF8 SIZE=x") == MAIL_ESYN
+        assert srv.last.envelope.smtp_utf8 is True
+        assert srv.last.envelope.mail_from is None
+
+
+def test_non_ascii_command_word_with_smtputf8(start: ServerFactory) -> None:
+    with start(enable_SMTPUTF8=True).client() as c:
+        assert c.cmd("NOÖP".encode()) == "500 Error: bad syntax"
+
+
+def test_starttls_refusals_are_not_counted(start: ServerFactory) -> None:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    with start(tls_context=ctx, require_starttls=True, command_call_limit=1).client() as c:
+        for _ in range(3):
+            assert c.cmd("MAIL FROM:<a@b>") == "530 Must issue a STARTTLS command first"
+        assert c.cmd("NOOP") == "250 OK"
+        assert c.cmd("NOOP") == "421 4.7.0 NOOP sent too many times"
+
+
+def test_each_reply_line_logged(server: Any, caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG, logger="mail.log")
+    with server.client() as c:
+        c.multi("EHLO me")
+        c.cmd("NOOP")  # the EHLO records are complete once this is answered
+        peer = c.sock.getsockname()
+    sent = [r.getMessage() for r in caplog.records if " << " in r.getMessage()]
+    assert sent[:5] == [
+        f"{peer!r} << b'220 {HOSTNAME} Python SMTP 1.4.6'",
+        f"{peer!r} << b'250-{HOSTNAME}'",
+        f"{peer!r} << b'250-SIZE 33554432'",
+        f"{peer!r} << b'250-8BITMIME'",
+        f"{peer!r} << b'250 HELP'",
+    ]

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import smtplib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from tests._server import LoopThread, RawClient, ServerFactory, make_server_fixture
+from tests._server import (
+    LoopThread,
+    RawClient,
+    Server,
+    ServerFactory,
+    make_server_fixture,
+    serving,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -270,6 +281,19 @@ def test_long_line_crossing_size_limit_gives_500(start: ServerFactory) -> None:
         assert send_data(c, b"") == TOO_LONG
 
 
+@pytest.mark.parametrize(("length", "reply"), [(1002, TOO_MUCH), (1004, TOO_LONG)])
+def test_line_just_over_limit_crossing_size_limit(
+    start: ServerFactory, length: int, reply: str
+) -> None:
+    # As upstream 1.4.6 (observed): a line of 1002 or 1003 bytes is counted
+    # before it is found too long; a longer one is rejected before counting.
+    srv = start(data_size_limit=3000)
+    with srv.client() as c:
+        begin(c)
+        content = (b"a" * 98 + b"\r\n") * 25 + b"b" * (length - 2) + b"\r\n"
+        assert send_data(c, content) == reply
+
+
 def test_no_size_limit(start: ServerFactory) -> None:
     srv = start(data_size_limit=None)
     content = (b"x" * 998 + b"\r\n") * 40_000  # 40 MB, over the default limit
@@ -381,3 +405,67 @@ def test_session_peer_seen_by_hook(start: ServerFactory) -> None:
         begin(c)
         assert send_data(c, b"x\r\n") == "250 Thanks"
         assert seen == [c.sock.getsockname()]
+
+
+def test_connection_lost_during_data(server: Any, caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="mail.log")
+    c = server.client()
+    begin(c)
+    c.send(b"partial\r\n")
+    c.close()
+    assert wait_for(
+        lambda: any(r.getMessage() == "Connection lost during DATA" for r in caplog.records),
+        server.lt,
+    )
+    assert delivered(server) == []
+
+
+def test_data_lines_logged_at_debug(server: Any, caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG, logger="mail.log")
+    with server.client() as c:
+        begin(c)
+        assert send_data(c, b"first\r\n..second\r\n") == "250 OK"
+    lines = [r for r in caplog.records if r.getMessage().startswith("DATA readline: ")]
+    assert [r.getMessage() for r in lines] == [
+        "DATA readline: b'first\\r\\n'",
+        "DATA readline: b'..second\\r\\n'",
+    ]
+    assert all(r.levelno == logging.DEBUG for r in lines)
+
+
+# -- Any chunking of a whole session gives the same result ---------------------------
+
+
+@pytest.fixture(scope="module")
+def shared(lt: LoopThread) -> Iterator[Server]:
+    with serving(lt) as srv:
+        yield srv
+
+
+content_lines = st.lists(
+    st.lists(st.sampled_from([b"a", b".", b"\n", b"\r", b" ", b"\xff", b"Subject: x"]),
+             max_size=6).map(b"".join).filter(lambda line: b"\r\n" not in line),
+    max_size=8,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=content_lines, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=6))
+def test_session_in_any_chunking(shared: Server, lines: list[bytes], cuts: list[int]) -> None:
+    # What the handler must see, and its dot-stuffed form on the wire.
+    content = b"".join(line + b"\r\n" for line in lines)
+    stuffed = b"".join((b"." if line[:1] == b"." else b"") + line + b"\r\n" for line in lines)
+    session = (
+        b"HELO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n" + stuffed + b".\r\nNOOP\r\n"
+    )
+    points = sorted({c % (len(session) + 1) for c in cuts})
+    with shared.client() as c:
+        last = 0
+        for p in [*points, len(session)]:
+            c.send(session[last:p])
+            last = p
+        replies = [c.text() for _ in range(6)]
+    assert replies == [
+        "250 test.example", "250 OK", "250 OK", GO_AHEAD, "250 OK", "250 OK",
+    ]  # fmt: skip
+    assert shared.last.event_handler.envelopes[-1].content == content

@@ -53,6 +53,16 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     return Certs(tmp_path_factory.mktemp("certs"))
 
 
+async def _cancel_other_tasks() -> None:
+    """Let the sessions still open end before their loop stops, so that
+    asyncio does not log "Task was destroyed but it is pending"."""
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 # -- A server on its own event loop thread ------------------------------------------
 
 
@@ -89,6 +99,7 @@ class ServerLoop:
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(WAIT)
 
     def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), self.loop).result(WAIT)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(WAIT)
         self.loop.close()
@@ -153,11 +164,14 @@ def accept_password(server: SMTP, session: Session, envelope: Envelope,
 
 
 class Raw:
-    def __init__(self, port: int, context: Optional[ssl.SSLContext] = None) -> None:
+    def __init__(self, port: int, context: Optional[ssl.SSLContext] = None,
+                 preamble: bytes = b"") -> None:
         sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         if context is not None:
             sock = context.wrap_socket(sock, server_hostname="localhost")
         self.use(sock)
+        if preamble:  # e.g. a PROXY protocol header
+            self.send(preamble)
         self.greeting = self.reply()
 
     def use(self, sock: socket.socket) -> None:
@@ -172,7 +186,7 @@ class Raw:
 
     def reply(self) -> list[bytes]:
         """All lines of one (possibly multi-line) reply, without CRLF."""
-        lines = []
+        lines: list[bytes] = []
         while True:
             line = self.line()
             assert line.endswith(b"\r\n"), f"connection closed after {lines!r}: {line!r}"
@@ -262,7 +276,7 @@ def test_plaintext_pipelined_after_starttls_is_discarded(serve: Any, certs: Cert
 
 
 def _handshake_then_send(sock: socket.socket, context: ssl.SSLContext,
-                         data: bytes) -> tuple[ssl.SSLObject, ssl.MemoryBIO]:
+                         data: bytes) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
     """Finish a client handshake and send *data* in the same TCP write as
     the client's last handshake flight."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -278,7 +292,7 @@ def _handshake_then_send(sock: socket.socket, context: ssl.SSLContext,
             incoming.write(received)
     tls.write(data)
     sock.sendall(outgoing.read())
-    return tls, incoming
+    return tls, incoming, outgoing
 
 
 def _tls_read_line(sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO) -> bytes:
@@ -298,9 +312,41 @@ def test_command_sent_with_client_finished_is_kept(serve: Any, certs: Certs) -> 
     # message; the server gets both at once, before STARTTLS has returned.
     client = Raw(serve(Recorder(), tls_context=certs.server_context()))
     assert client.cmd("STARTTLS") == b"220 Ready to start TLS"
-    tls, incoming = _handshake_then_send(client.sock, certs.client_context(), b"NOOP\r\n")
+    tls, incoming, _ = _handshake_then_send(client.sock, certs.client_context(), b"NOOP\r\n")
     assert tls.version() == "TLSv1.3"
     assert _tls_read_line(client.sock, tls, incoming) == b"250 OK\r\n"
+    client.close()
+
+
+def _tls_read_until(sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO,
+                    count: int) -> bytes:
+    """Read until *count* CRLF-terminated lines have arrived."""
+    data = b""
+    while data.count(b"\r\n") < count:
+        try:
+            data += tls.read(65536)
+        except ssl.SSLWantReadError:
+            received = sock.recv(65536)
+            assert received, f"connection closed after {data!r}"
+            incoming.write(received)
+    return data
+
+
+def test_flood_sent_with_client_finished(serve: Any, certs: Certs) -> None:
+    # More than the server buffers before it stops reading, all arriving
+    # before STARTTLS has returned: reading must resume on the right
+    # transport once the backlog is worked off.
+    client = Raw(serve(Recorder(), tls_context=certs.server_context()))
+    assert client.cmd("STARTTLS") == b"220 Ready to start TLS"
+    count = 4_000
+    tls, incoming, outgoing = _handshake_then_send(
+        client.sock, certs.client_context(), b"RSET\r\n" * count
+    )
+    replies = _tls_read_until(client.sock, tls, incoming, count)
+    assert replies == b"250 OK\r\n" * count
+    tls.write(b"QUIT\r\n")
+    client.sock.sendall(outgoing.read())
+    assert _tls_read_until(client.sock, tls, incoming, 1) == b"221 Bye\r\n"
     client.close()
 
 
@@ -354,6 +400,30 @@ def test_aiosmtplib_starttls_and_login(serve: Any, certs: Certs) -> None:
     assert handler.messages[-1].rcpt_tos == ["b@example.com"]
     assert handler.sessions[-1].ssl is not None
     assert handler.sessions[-1].authenticated is True
+
+
+class ProxyRecorder(Recorder):
+    async def handle_PROXY(self, server: SMTP, session: Session, envelope: Envelope,
+                           proxy_data: Any) -> bool:
+        return True
+
+
+def test_proxy_data_survives_starttls(serve: Any, certs: Certs) -> None:
+    handler = ProxyRecorder()
+    port = serve(handler, tls_context=certs.server_context(), proxy_protocol_timeout=5)
+    client = Raw(port, preamble=b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n")
+    assert client.greeting[0].startswith(b"220 test.example")
+    assert client.cmd("NOOP") == b"250 OK"
+    client.starttls(certs.client_context())
+    assert client.cmd("NOOP") == b"250 OK"
+    client.close()
+    before, after = handler.sessions
+    assert before is not after
+    assert before.proxy_data is not None
+    assert str(before.proxy_data.src_addr) == "192.0.2.7"
+    # Decision (auth-tls 9.4): it describes the connection, so it stays.
+    assert after.proxy_data is before.proxy_data
+    assert after.ssl is not None and before.ssl is None
 
 
 # -- require_starttls -------------------------------------------------------------------
@@ -495,8 +565,11 @@ def test_handshake_failure_logged(serve: Any, certs: Certs) -> None:
         assert watcher.seen.wait(WAIT)
     finally:
         mail_log.removeHandler(watcher)
-    assert watcher.records[0].levelno == logging.ERROR
-    assert isinstance(watcher.records[0].exc_info[1].__cause__, ssl.SSLError)  # type: ignore[index]
+    record = watcher.records[0]
+    assert record.levelno == logging.ERROR
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], TLSSetupException)
+    assert isinstance(record.exc_info[1].__cause__, ssl.SSLError)
     other = Raw(port)
     assert other.cmd("NOOP") == b"250 OK"
     other.close()
@@ -583,10 +656,14 @@ def _construct(context: ssl.SSLContext) -> None:
 
 def test_tls_context_warnings(certs: Certs, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="mail.log")
+
+    def messages() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "mail.log"]
+
     required = certs.server_context()
     required.verify_mode = ssl.CERT_REQUIRED
     _construct(required)
-    assert caplog.messages == [
+    assert messages() == [
         "tls_context.verify_mode not in {CERT_NONE, CERT_OPTIONAL}; "
         "this might cause client connection problems"
     ]
@@ -596,14 +673,14 @@ def test_tls_context_warnings(certs: Certs, caplog: pytest.LogCaptureFixture) ->
     checking.verify_mode = ssl.CERT_OPTIONAL
     assert checking.check_hostname
     _construct(checking)
-    assert caplog.messages == [
+    assert messages() == [
         "tls_context.check_hostname == True; this might cause client connection problems"
     ]
     caplog.clear()
 
     quiet = certs.server_context()
     _construct(quiet)
-    assert caplog.messages == []
+    assert messages() == []
     # The server never changes the caller's context.
     assert required.verify_mode == ssl.CERT_REQUIRED
     assert checking.check_hostname and checking.verify_mode == ssl.CERT_OPTIONAL
