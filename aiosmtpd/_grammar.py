@@ -47,7 +47,7 @@ def strip_keyword(keyword: str, arg: str) -> Optional[str]:
     return None
 
 
-def _parse_with_stdlib(arg: str) -> AddressResult:
+def _parse_with_stdlib(arg: str, require_closing_bracket: bool = True) -> AddressResult:
     # Imported lazily: the module is large and most addresses never need it.
     from email._header_value_parser import get_addr_spec, get_angle_addr
     from email.errors import HeaderParseError, InvalidHeaderDefect
@@ -60,7 +60,7 @@ def _parse_with_stdlib(arg: str) -> AddressResult:
             # is malformed; upstream silently accepted it.
             # The parser records this defect on the angle-addr token itself.
             # (Not all_defects: walking it crashes on some inputs, '<a@[b>'.)
-            for defect in token.defects:
+            for defect in token.defects if require_closing_bracket else ():
                 if isinstance(defect, InvalidHeaderDefect) and "trailing '>'" in str(
                     defect
                 ):
@@ -78,13 +78,16 @@ def _parse_with_stdlib(arg: str) -> AddressResult:
     return address, rest
 
 
-def get_address(arg: str, local_part_limit: int = 0) -> AddressResult:
+def get_address(
+    arg: str, local_part_limit: int = 0, *, require_closing_bracket: bool = True
+) -> AddressResult:
     """Parse the address at the start of ``arg`` (the text after ``FROM:``/``TO:``).
 
     Returns ``("", "")`` for an empty argument, ``(None, None)`` when the
     address is malformed or its local part is longer than ``local_part_limit``
     (0 means unlimited), else ``(address, rest)`` where ``rest`` is the text
-    after the address (the ESMTP parameters).
+    after the address (the ESMTP parameters).  ``require_closing_bracket``
+    rejects ``<a@b`` (MAIL and RCPT, smtp.md 8.9); VRFY stays lenient.
     """
     if not arg:
         return "", ""
@@ -93,7 +96,7 @@ def get_address(arg: str, local_part_limit: int = 0) -> AddressResult:
         address: Optional[str] = m.group(1)
         rest = arg[m.end() :]
     else:
-        address, rest_ = _parse_with_stdlib(arg)
+        address, rest_ = _parse_with_stdlib(arg, require_closing_bracket)
         if address is None:
             return None, None
         rest = rest_ or ""

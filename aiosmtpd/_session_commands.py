@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
+from aiosmtpd._grammar import control_chars_to_question_marks, get_address
 from aiosmtpd._hooks import MISSING, syntax
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,6 +32,7 @@ class SessionCommandsMixin:
         enable_SMTPUTF8: bool
         command_size_limit: int
         command_size_limits: Any
+        local_part_limit: int
         _decode_data: bool
         _tls_active: bool
         _ehlo_hook_ver: Optional[str]
@@ -166,7 +168,14 @@ class SessionCommandsMixin:
             return
         address, _ = self._getaddr(arg)
         if address is None:
-            await self.push(f"502 Could not VRFY {arg}")
+            # Decision (smtp.md 8.9): only MAIL and RCPT refuse "<a@b";
+            # VRFY keeps accepting free text, as upstream did.
+            address, _ = get_address(arg, self.local_part_limit, require_closing_bracket=False)
+        if address is None:
+            # Echo no control bytes (smtp.md 7.4) and, with SMTPUTF8, no
+            # undecodable bytes (surrogates would make push() raise).
+            shown = control_chars_to_question_marks(arg).encode("utf-8", "replace").decode()
+            await self.push(f"502 Could not VRFY {shown}")
             return
         status = await self._call_handler_hook("VRFY", address)
         if status is MISSING:
