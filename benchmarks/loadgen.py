@@ -208,9 +208,7 @@ class Session(asyncio.Protocol):
         assert self.transport is not None and self.tls is not None
         loop = asyncio.get_running_loop()
         try:
-            new = await loop.start_tls(
-                self.transport, self, self.tls, server_hostname=SERVER_NAME
-            )
+            new = await loop.start_tls(self.transport, self, self.tls, server_hostname=SERVER_NAME)
         except (OSError, ssl.SSLError) as exc:
             if not self.done.done():
                 self.done.set_exception(exc)

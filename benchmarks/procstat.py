@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,3 +69,35 @@ def memory_kib(pid: int) -> tuple[int, int]:
 def sample(pid: int) -> Sample:
     rss, hwm = memory_kib(pid)
     return Sample(cpu_seconds(pid), rss, hwm)
+
+
+def system_busy_seconds() -> float:
+    """CPU time spent busy on the whole machine, all CPUs (from /proc/stat).
+
+    Counts user, nice, system, irq, softirq and steal; not idle or iowait.
+    Compared with our own server and client CPU, it shows how much other
+    work (or a hypervisor) competed with the benchmark.
+    """
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    values = [int(v) for v in fields]
+    user, nice, system, _idle, _iowait, irq, softirq = values[:7]
+    steal = values[7] if len(values) > 7 else 0
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 0.15, window: float = 0.25) -> float:
+    """Wait (at most *max_wait* s) until the machine is nearly idle.
+
+    On a shared machine other work comes in bursts; starting a measurement
+    in a lull makes it far less noisy.  Returns the seconds waited.
+    *threshold* is in CPUs busy (0.15 = 15 % of one CPU, all CPUs together).
+    """
+    start = time.monotonic()
+    while True:
+        busy = system_busy_seconds()
+        began = time.monotonic()
+        time.sleep(window)
+        load = (system_busy_seconds() - busy) / (time.monotonic() - began)
+        waited = time.monotonic() - start
+        if load <= threshold or waited >= max_wait:
+            return waited

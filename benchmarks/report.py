@@ -9,7 +9,12 @@ from typing import Any
 
 from benchmarks.scenarios import Metric, RunResult, Scenario
 
-LABELS = {"project": "project", "upstream": "upstream 1.4.6", "floor": "floor", "smtp-sink": "smtp-sink (C)"}
+LABELS = {
+    "project": "project",
+    "upstream": "upstream 1.4.6",
+    "floor": "floor",
+    "smtp-sink": "smtp-sink (C)",
+}
 
 
 @dataclass(frozen=True)
@@ -44,9 +49,7 @@ class Row:
         return ratio <= self.metric.target
 
 
-def summarise(
-    scenarios: list[Scenario], kinds: list[str], runs: list[RunResult]
-) -> list[Row]:
+def summarise(scenarios: list[Scenario], kinds: list[str], runs: list[RunResult]) -> list[Row]:
     rows = []
     for scenario in scenarios:
         mine = [r for r in runs if r.scenario == scenario.name]
@@ -89,6 +92,12 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _metric_name(metric: Metric) -> str:
+    if metric.label == metric.unit:
+        return metric.label
+    return f"{metric.label} ({metric.unit})"
+
+
 def _target(metric: Metric) -> str:
     if metric.target is None:
         return "-"
@@ -102,7 +111,7 @@ def markdown_table(rows: list[Row], kinds: list[str]) -> str:
     for row in rows:
         verdict = row.meets_target()
         mark = "" if verdict is None else (" ok" if verdict else " MISSED")
-        cells = [row.scenario.name, f"{row.metric.label} ({row.metric.unit})"]
+        cells = [row.scenario.name, _metric_name(row.metric)]
         cells += [_cell(row.stats.get(k)) for k in kinds]
         cells += [
             _ratio(row.ratio("project")) + mark,
@@ -121,7 +130,7 @@ def rst_table(rows: list[Row], kinds: list[str]) -> str:
     body = [head]
     for row in rows:
         body.append(
-            [row.scenario.name, f"{row.metric.label} ({row.metric.unit})"]
+            [row.scenario.name, _metric_name(row.metric)]
             + [_cell(row.stats.get(k)) for k in kinds]
             + [_ratio(row.ratio("project")), _target(row.metric), _ratio(row.ratio("floor"))]
         )
@@ -142,9 +151,7 @@ def rows_as_json(rows: list[Row]) -> list[dict[str, Any]]:
                 "higher_is_better": row.metric.higher_is_better,
                 "target_ratio": row.metric.target,
                 "clients": row.clients,
-                "kinds": {
-                    kind: None if s is None else s.__dict__ for kind, s in row.stats.items()
-                },
+                "kinds": {kind: None if s is None else s.__dict__ for kind, s in row.stats.items()},
                 "ratio_project_upstream": row.ratio("project"),
                 "ratio_floor_upstream": row.ratio("floor"),
                 "ratio_smtp_sink_upstream": row.ratio("smtp-sink"),
@@ -187,17 +194,25 @@ def chart(rows: list[Row], kinds: list[str], path: Path, title: str) -> str | No
             # Bars grow from upstream (1x): right is better, left is worse.
             # Every bar is labelled; the legend drops duplicates below.
             ax.barh(
-                y, shown_gain - 1, left=1, height=height * 0.9,
-                color=colours.get(kind, "#555"), label=LABELS.get(kind, kind),
+                y,
+                shown_gain - 1,
+                left=1,
+                height=height * 0.9,
+                color=colours.get(kind, "#555"),
+                label=LABELS.get(kind, kind),
             )
             text_x = shown_gain * 1.04 if gain >= 1 else 1.04
-            ax.text(text_x, y, f"{gain:.2g}x" if gain < 1 else f"{gain:.1f}x",
-                    va="center", fontsize=8)
+            ax.text(
+                text_x, y, f"{gain:.2g}x" if gain < 1 else f"{gain:.1f}x", va="center", fontsize=8
+            )
         if row.metric.target is not None:
             goal = row.metric.target if row.metric.higher_is_better else 1 / row.metric.target
             top = max(top, goal)
             ax.plot(
-                [goal, goal], [i - 0.45, i + 0.45], color="#c0392b", linewidth=2,
+                [goal, goal],
+                [i - 0.45, i + 0.45],
+                color="#c0392b",
+                linewidth=2,
                 label="target (project)",
             )
     ax.axvline(1.0, color="black", linewidth=1, label="upstream 1.4.6 = 1x")
@@ -209,8 +224,15 @@ def chart(rows: list[Row], kinds: list[str], path: Path, title: str) -> str | No
     ax.set_title(title, fontsize=10)
     handles, names = ax.get_legend_handles_labels()
     unique = dict(zip(names, handles))
-    ax.legend(unique.values(), unique.keys(), loc="upper center", fontsize=8,
-              bbox_to_anchor=(0.45, -0.09), ncol=len(unique), frameon=False)
+    ax.legend(
+        unique.values(),
+        unique.keys(),
+        loc="upper center",
+        fontsize=8,
+        bbox_to_anchor=(0.45, -0.09),
+        ncol=len(unique),
+        frameon=False,
+    )
     ax.grid(axis="x", which="both", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

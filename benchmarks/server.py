@@ -126,10 +126,9 @@ class FloorProtocol(asyncio.Protocol):
 
 
 def _aiosmtpd_factory(tls_context: ssl.SSLContext | None) -> tuple[Callable[[], Any], str]:
+    import aiosmtpd
     from aiosmtpd.handlers import Sink
     from aiosmtpd.smtp import SMTP
-
-    import aiosmtpd
 
     handler = Sink()
 
@@ -147,7 +146,7 @@ def _aiosmtpd_factory(tls_context: ssl.SSLContext | None) -> tuple[Callable[[], 
     return factory, impl
 
 
-async def serve(kind: str, tls_context: ssl.SSLContext | None) -> None:
+async def serve(kind: str, tls_context: ssl.SSLContext | None, profiler: Any = None) -> None:
     loop = asyncio.get_running_loop()
     if kind == "floor":
 
@@ -176,8 +175,13 @@ async def serve(kind: str, tls_context: ssl.SSLContext | None) -> None:
             stop()
 
     loop.add_reader(0, stdin_ready)
+    if profiler is not None:
+        # Imports and start-up are not what we want to see in the profile.
+        profiler.enable()
     print(json.dumps({"port": port, "pid": os.getpid(), "impl": impl}), flush=True)
     await stopped
+    if profiler is not None:
+        profiler.disable()
     server.close()
 
 
@@ -204,12 +208,10 @@ def main() -> int:
         import cProfile
 
         profiler = cProfile.Profile()
-        profiler.enable()
-    asyncio.run(serve(args.kind, tls_context))
+    asyncio.run(serve(args.kind, tls_context, profiler))
     if profiler is not None:
         import pstats
 
-        profiler.disable()
         profiler.dump_stats(args.profile)
         with open(args.profile + ".txt", "w") as out:
             for order in ("tottime", "cumulative"):
