@@ -25,6 +25,7 @@ from typing import (
 
 import attr
 
+from aiosmtpd._discovery import names_with_prefix
 from aiosmtpd._hooks import MISSING, _Missing, syntax
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -164,8 +165,6 @@ class AuthMixin:
         auth_callback: Optional[AuthCallbackType],
         authenticator: Optional[AuthenticatorType],
     ) -> None:
-        from aiosmtpd.smtp import _names_with_prefix
-
         self._auth_required = auth_required
         self._auth_require_tls = auth_require_tls
         self._authenticator = authenticator
@@ -176,7 +175,7 @@ class AuthMixin:
         # between connections instead of built for each one.
         registry: dict[str, tuple[str, bool]] = {}
         for obj, builtin in ((self, True), (handler, False)):
-            for name in _names_with_prefix(obj, "auth_"):
+            for name in names_with_prefix(obj, "auth_"):
                 mechanism = getattr(getattr(obj, name), "__auth_mechanism_name__", None)
                 if mechanism is None:
                     mechanism = name[5:].replace("__", "-")

@@ -14,7 +14,6 @@ framing -> ``smtp_<VERB>`` method -> handler hook -> reply.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import socket
 import ssl
@@ -44,6 +43,12 @@ from aiosmtpd._auth import (
 from aiosmtpd._auth import AuthenticatorType as AuthenticatorType
 from aiosmtpd._auth import AuthResult as AuthResult
 from aiosmtpd._auth import login_always_fail as login_always_fail
+from aiosmtpd._discovery import (
+    NO_HOOKS,
+    command_names,
+    ehlo_hook_arity,
+    names_with_prefix,
+)
 from aiosmtpd._hooks import MISSING, syntax
 from aiosmtpd._loop import get_or_new_eventloop
 from aiosmtpd._session_commands import SessionCommandsMixin
@@ -74,7 +79,6 @@ BOGUS_LIMIT = 5
 ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "STARTTLS", "QUIT"})
 
 log = logging.getLogger("mail.log")
-
 
 
 class Session:
@@ -142,60 +146,6 @@ class _CommandSizeLimits(dict[str, int]):
 
     def __missing__(self, key: str) -> int:
         return self.default
-
-
-_members_cache: dict[tuple[type, str], tuple[str, ...]] = {}
-
-
-def _names_with_prefix(obj: Any, prefix: str) -> list[str]:
-    """``[n for n in dir(obj) if n.startswith(prefix)]``, with the class part
-    of ``dir()`` computed once per class: it runs for every connection."""
-    cls = type(obj)
-    if cls.__dir__ is not object.__dir__ or isinstance(obj, type):  # type: ignore[comparison-overlap]
-        return [n for n in dir(obj) if n.startswith(prefix)]
-    key = (cls, prefix)
-    names = _members_cache.get(key)
-    if names is None:
-        names = _members_cache[key] = tuple(n for n in dir(cls) if n.startswith(prefix))
-    own = [n for n in getattr(obj, "__dict__", ()) if n.startswith(prefix) and n not in names]
-    return [*names, *own] if own else list(names)
-
-
-# Shared by every connection whose handler has no hooks; never mutated.
-_NO_HOOKS: dict[str, Callable[..., Any]] = {}
-
-_command_cache: dict[type, frozenset[str]] = {}
-
-
-def _command_names(server: Any) -> frozenset[str]:
-    """The verbs of a server's ``smtp_<VERB>`` methods, computed once per class."""
-    cls = type(server)
-    names = _command_cache.get(cls)
-    if names is None:
-        names = _command_cache[cls] = frozenset(n[5:] for n in dir(cls) if n.startswith("smtp_"))
-    own = [n[5:] for n in getattr(server, "__dict__", ()) if n.startswith("smtp_")]
-    return names.union(own) if own else names
-
-
-_ehlo_arity_cache: dict[Any, int] = {}
-
-
-def _ehlo_hook_arity(hook: Callable[..., Any]) -> int:
-    func = getattr(hook, "__func__", hook)
-    try:
-        return _ehlo_arity_cache[func]
-    except (KeyError, TypeError):
-        pass
-    params = inspect.signature(hook).parameters.values()
-    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
-        arity = -1
-    else:
-        arity = len(params)
-    try:
-        _ehlo_arity_cache[func] = arity
-    except TypeError:  # pragma: no cover - unhashable callables
-        pass
-    return arity
 
 
 # Stop reading from a client whose unprocessed commands pile up past this.
@@ -310,12 +260,12 @@ class SMTP(
 
         self._handle_hooks: dict[str, Callable[..., Any]] = {
             name[7:]: getattr(handler, name)
-            for name in _names_with_prefix(handler, "handle_")
-        } or _NO_HOOKS
+            for name in names_with_prefix(handler, "handle_")
+        } or NO_HOOKS
         self._ehlo_hook_ver: Optional[str] = None
         ehlo_hook = self._handle_hooks.get("EHLO")
         if ehlo_hook is not None:
-            arity = _ehlo_hook_arity(ehlo_hook)
+            arity = ehlo_hook_arity(ehlo_hook)
             if arity == 4:
                 warnings.warn(
                     "Use the 5-argument handle_EHLO() hook instead of "
@@ -349,7 +299,7 @@ class SMTP(
         )
         # Names only: binding a method per command per connection costs
         # memory on every idle connection; commands are bound when used.
-        self._smtp_commands = _command_names(self)
+        self._smtp_commands = command_names(self)
 
         self.transport: Optional[asyncio.BaseTransport] = None
         self.session: Optional[Session] = None
@@ -675,7 +625,9 @@ class SMTP(
                     budget = call_limits.get(command, self._call_limit_default)
                     if budget < 1:
                         log.warning("%r over limit for %s", peer, command)
-                        await self.push(f"421 4.7.0 {command} sent too many times")
+                        # The verb may hold control bytes (even a bare CR): never echo them.
+                        shown = _grammar.control_chars_to_question_marks(command)
+                        await self.push(f"421 4.7.0 {shown} sent too many times")
                         self.transport.close()
                         break
                     call_limits[command] = budget - 1
