@@ -138,6 +138,19 @@ def decode_b64(blob: Union[str, bytes]) -> bytes:
 _registries: dict[tuple[tuple[str, tuple[str, bool]], ...], dict[str, tuple[str, bool]]] = {}
 
 
+class ResponseTooLong(ValueError):
+    """A challenge response longer than ``line_length_limit``.
+
+    Upstream's reply names the class: ``500 Error: (ValueError) ...``, so the
+    subclass keeps that name.  It exists so that the default exception path
+    can log a client's mistake without an ERROR traceback: any client could
+    otherwise fill the log with them.
+    """
+
+
+ResponseTooLong.__name__ = ResponseTooLong.__qualname__ = "ValueError"
+
+
 class AuthMixin:
     """The AUTH state and mechanisms of an ``SMTP`` connection."""
 
@@ -237,7 +250,7 @@ class AuthMixin:
         line = await self._readline()
         if line is None:
             # The text asyncio's stream reader used (replies.md, AUTH table).
-            raise ValueError("Separator is found, but chunk is longer than limit")
+            raise ResponseTooLong("Separator is found, but chunk is longer than limit")
         # Decision (smtp.md 7.5): an answering client is not idle.
         self._reset_timeout()
         if log_client_response:

@@ -33,6 +33,7 @@ from aiosmtpd._auth import (
     AuthMechanismType,
     AuthMixin,
     LoginPassword,
+    ResponseTooLong,
     auth_mechanism,
     sanitize,
     sanitized_log,
@@ -510,7 +511,11 @@ class SMTP(
         handler_method = getattr(self.event_handler, "handle_exception", None)
         if handler_method is not None:
             return await handler_method(error)
-        log.exception("%r SMTP session exception", self.session.peer if self.session else None)
+        peer = self.session.peer if self.session else None
+        if isinstance(error, ResponseTooLong):
+            log.warning("%r AUTH response too long", peer)
+        else:
+            log.exception("%r SMTP session exception", peer)
         return f"500 Error: ({error.__class__.__name__}) {error}"
 
     async def _reply_to_exception(self, error: Exception) -> bool:
