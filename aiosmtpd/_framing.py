@@ -99,7 +99,7 @@ class DataReader:
     """
 
     __slots__ = ("size_limit", "line_limit", "error", "content", "_scanned",
-                 "_dropped")
+                 "_dropped", "_checked")
 
     def __init__(self, size_limit: Optional[int], line_limit: int) -> None:
         self.size_limit = size_limit or None
@@ -111,6 +111,8 @@ class DataReader:
         self._scanned = 0
         # Bytes deleted from the front of the buffer after an error.
         self._dropped = 0
+        # Start of the first line not yet checked for its length.
+        self._checked = 0
 
     def feed(self, buf: bytearray) -> Optional[int]:
         """Search ``buf`` for the end of data; return the bytes to consume."""
@@ -167,8 +169,22 @@ class DataReader:
             if end - start >= line_limit + 2:
                 self.error = DataError.TOO_LONG
             return
-        # Within the size limit: the lines are checked once, at the end.
-        if final and find_long_line(buf, line_limit, 0, end) is not None:
+        # Within the size limit, a long line is the first error.  Complete
+        # lines are checked as they arrive, each once, so that a long line
+        # is dropped at once rather than kept (memory stays bounded even
+        # without a size limit).
+        if final:
+            if find_long_line(buf, line_limit, self._checked, end) is not None:
+                self.error = DataError.TOO_LONG
+            return
+        last = buf.rfind(b"\r\n", self._checked, end)
+        if last >= 0:
+            if find_long_line(buf, line_limit, self._checked, last + 2) is not None:
+                self.error = DataError.TOO_LONG
+                return
+            self._checked = last + 2
+        # An unfinished line this long is too long whatever follows.
+        if end - self._checked >= line_limit + 2:
             self.error = DataError.TOO_LONG
 
     def _finish(self, buf: bytearray, content_end: int, consumed: int) -> int:

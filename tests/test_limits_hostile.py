@@ -351,12 +351,6 @@ def test_slowloris_auth_cut_off(lt: LoopThread) -> None:
 # -- Known gaps, kept visible (strict xfail: they fail the suite once fixed) ---------
 
 
-@pytest.mark.xfail(
-    reason="a too-long DATA line is kept until the size limit or the end of data "
-    "(_framing.DataReader checks lines only then); without a size limit the "
-    "buffer grows with the line",
-    strict=True,
-)
 def test_data_line_flood_without_size_limit_is_bounded(lt: LoopThread) -> None:
     with hostile_server(lt, data_size_limit=None) as (server, sink):
         with server.client() as hostile:
