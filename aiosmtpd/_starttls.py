@@ -35,6 +35,7 @@ class StartTLSMixin:
         envelope: Optional[Envelope]
         tls_context: Optional[ssl.SSLContext]
         _buf: bytearray
+        _reading_paused: bool
         _tls_active: bool
         _tls_handshake_okay: bool
         _original_transport: Optional[asyncio.BaseTransport]
@@ -83,6 +84,12 @@ class StartTLSMixin:
         # Not clearing _buf again here: it can only hold data decrypted by
         # the TLS layer, and a TLS 1.3 client may already have sent its
         # first command along with its Finished message.
+        if self._reading_paused:
+            # data_received() paused the raw transport (through which the
+            # TLS layer now reads) while a backlog arrived with the end of
+            # the handshake; from here on pausing goes through tls_transport.
+            self._reading_paused = False
+            transport.resume_reading()  # type: ignore[attr-defined]
         self._original_transport = transport
         self.transport = tls_transport
         self._tls_active = True
