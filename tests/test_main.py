@@ -522,7 +522,9 @@ def test_debug_levels() -> None:
         with closing(smtplib.SMTP("127.0.0.1", port, timeout=30)) as client:
             client.noop()
         _, err = stop(process)
-    lines = err.splitlines()
+    # -ddd turns on asyncio's debug mode, whose slow-callback warnings come
+    # and go with the machine's load.
+    lines = [line for line in err.splitlines() if not line.startswith("WARNING:asyncio:")]
     assert lines[:2] == [
         f"DEBUG:mail.log:Attempting to start server on 127.0.0.1:{port}",
         lines[1],
