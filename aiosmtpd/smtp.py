@@ -584,11 +584,13 @@ class SMTP(
                 if line is None:
                     await self.push("500 Command line too long")
                     continue
-                if log.isEnabledFor(logging.DEBUG):
-                    sanitized_log(log.debug, "_handle_client readline: %r", line)
-                line = line.rstrip(b"\r\n")
-                if log.isEnabledFor(logging.INFO):
+                if log.isEnabledFor(logging.INFO):  # DEBUG implies INFO
+                    if log.isEnabledFor(logging.DEBUG):
+                        sanitized_log(log.debug, "_handle_client readline: %r", line)
+                    line = line.rstrip(b"\r\n")
                     sanitized_log(log.info, "%r >> %r", peer, line)
+                else:
+                    line = line.rstrip(b"\r\n")
                 if not line:
                     await self.push("500 Error: bad syntax")
                     continue
@@ -636,7 +638,10 @@ class SMTP(
                         self.transport.close()
                         break
                     call_limits[command] = budget - 1
-                method = self._command_method(command)
+                # _command_method(), inlined: this runs for every command.
+                method = (
+                    getattr(self, "smtp_" + command) if command in self._smtp_commands else None
+                )
                 if method is None:
                     log.warning("%r unrecognised: %s", peer, command)
                     bogus_budget -= 1
@@ -648,7 +653,10 @@ class SMTP(
                     shown = _grammar.control_chars_to_question_marks(command)
                     await self.push(f'500 Error: command "{shown}" not recognized')
                     continue
-                self._reset_timeout()
+                # _reset_timeout(), inlined: this runs for every command.
+                self._last_activity = self.loop.time()
+                if self._timeout_handle is None:
+                    self._reset_timeout()
                 try:
                     await method(arg)
                 except (asyncio.CancelledError, ConnectionResetError):
