@@ -638,10 +638,7 @@ class SMTP(
                         self.transport.close()
                         break
                     call_limits[command] = budget - 1
-                # _command_method(), inlined: this runs for every command.
-                method = (
-                    getattr(self, "smtp_" + command) if command in self._smtp_commands else None
-                )
+                method = self._command_method(command)
                 if method is None:
                     log.warning("%r unrecognised: %s", peer, command)
                     bogus_budget -= 1
