@@ -1,10 +1,12 @@
 """Loopback SMTP servers on a background event loop, and a raw line client.
 
 Used by the tests/test_smtp_*.py modules.  One event loop thread serves every
-server of a test module (``loop_thread`` fixture); each test starts its own
-listening socket on port 0 with whatever ``SMTP`` options it needs, so tests
-do not share connection state.  No controller is involved: the server is
-``loop.create_server(factory, "127.0.0.1", 0)``.
+server of a test module (the ``lt`` fixture of tests/conftest.py); each test
+starts its own listening socket on port 0 with whatever ``SMTP`` options it
+needs, so tests do not share connection state.  No controller is involved: the
+server is ``loop.create_server(factory, "127.0.0.1", 0, ssl=...)``.  For TLS,
+``Certs`` makes a throwaway CA and ``LineClient`` speaks plain text, implicit
+TLS or STARTTLS.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import asyncio
 import contextlib
 import smtplib
 import socket
+import ssl
 import threading
 from collections.abc import Coroutine, Iterator
-from typing import Any, Callable, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -65,7 +69,12 @@ class LoopThread:
 class Server:
     """A listening SMTP server; ``protocols`` lists the instances it created."""
 
-    def __init__(self, lt: LoopThread, factory: Callable[[], SMTP]) -> None:
+    def __init__(
+        self,
+        lt: LoopThread,
+        factory: Callable[[], SMTP],
+        ssl_context: Optional[ssl.SSLContext] = None,
+    ) -> None:
         self.lt = lt
         self.protocols: list[SMTP] = []
         self.errors: list[BaseException] = []
@@ -79,8 +88,8 @@ class Server:
             self.protocols.append(proto)
             return proto
 
-        async def start() -> asyncio.AbstractServer:
-            return await lt.loop.create_server(make, HOST, 0)
+        async def start() -> asyncio.Server:
+            return await lt.loop.create_server(make, HOST, 0, ssl=ssl_context)
 
         self.server = lt.run(start())
         self.port: int = self.server.sockets[0].getsockname()[1]
@@ -167,6 +176,93 @@ class RawClient:
         self.close()
 
 
+class LineClient:
+    """A socket client, plain or TLS, whose replies are bytes.
+
+    ``cmd`` returns the lines of a reply joined by ``b"\\n"``, so that one
+    comparison checks a whole multi-line reply.  ``context`` wraps the socket
+    before the greeting (implicit TLS); ``starttls`` wraps it mid-session.
+    ``preamble`` is sent before the greeting is read (a PROXY header).
+    """
+
+    def __init__(
+        self,
+        port: int,
+        context: Optional[ssl.SSLContext] = None,
+        *,
+        preamble: bytes = b"",
+        timeout: float = IO_TIMEOUT,
+    ) -> None:
+        sock = socket.create_connection((HOST, port), timeout=timeout)
+        if context is not None:
+            sock = context.wrap_socket(sock, server_hostname="localhost")
+        self.use(sock)
+        if preamble:
+            self.send(preamble)
+        self.greeting = self.lines()
+
+    def use(self, sock: socket.socket) -> None:
+        """Talk over ``sock`` from now on (e.g. the socket after a handshake)."""
+        self.sock = sock
+        self.file = sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def lines(self) -> list[bytes]:
+        """All lines of one (possibly multi-line) reply, without CRLF."""
+        lines: list[bytes] = []
+        while True:
+            line = self.file.readline()
+            assert line.endswith(b"\r\n"), f"connection closed after {lines!r}: {line!r}"
+            lines.append(line[:-2])
+            if line[3:4] != b"-":
+                return lines
+
+    def reply(self) -> bytes:
+        return b"\n".join(self.lines())
+
+    def cmd(self, command: str) -> bytes:
+        self.send(command.encode() + b"\r\n")
+        return self.reply()
+
+    def starttls(self, context: ssl.SSLContext) -> None:
+        assert self.cmd("STARTTLS") == b"220 Ready to start TLS"
+        self.use(context.wrap_socket(self.sock, server_hostname="localhost"))
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self) -> LineClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Certs:
+    """A throwaway CA and its certificate for ``localhost`` and 127.0.0.1."""
+
+    def __init__(self, directory: Path) -> None:
+        import trustme  # only the TLS tests need it, and they skip without it
+
+        self.ca = trustme.CA()
+        self.cert = self.ca.issue_cert("localhost", "127.0.0.1")
+        self.ca_file = directory / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.cert.configure_cert(context)
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+
 class Recorder:
     """A handler that keeps a copy of every delivered envelope."""
 
@@ -192,12 +288,14 @@ def serving(
     handler: Any = None,
     *,
     cls: type[SMTP] = SMTP,
+    ssl_context: Optional[ssl.SSLContext] = None,
     **kwargs: Any,
 ) -> Iterator[Server]:
+    """A server for the ``with`` block; ``ssl_context`` makes it implicit TLS."""
     kwargs.setdefault("hostname", HOSTNAME)
     if handler is None:
         handler = Recorder()
-    server = Server(lt, lambda: cls(handler, **kwargs))
+    server = Server(lt, lambda: cls(handler, **kwargs), ssl_context)
     try:
         yield server
     finally:
@@ -205,8 +303,16 @@ def serving(
 
 
 def make_server_fixture(lt: LoopThread, stack: contextlib.ExitStack) -> ServerFactory:
-    def start(handler: Any = None, *, cls: type[SMTP] = SMTP, **kwargs: Any) -> Server:
-        return stack.enter_context(serving(lt, handler, cls=cls, **kwargs))
+    def start(
+        handler: Any = None,
+        *,
+        cls: type[SMTP] = SMTP,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        **kwargs: Any,
+    ) -> Server:
+        return stack.enter_context(
+            serving(lt, handler, cls=cls, ssl_context=ssl_context, **kwargs)
+        )
 
     return start
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import socket
@@ -25,22 +24,9 @@ from aiosmtpd.smtp import (
     LoginPassword,
     Session,
 )
-from tests._server import HOSTNAME, LoopThread, ServerFactory, make_server_fixture
+from tests._server import HOSTNAME, LoopThread, ServerFactory
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(scope="module")
-def lt() -> Iterator[LoopThread]:
-    t = LoopThread()
-    yield t
-    t.close()
-
-
-@pytest.fixture
-def start(lt: LoopThread) -> Iterator[ServerFactory]:
-    with contextlib.ExitStack() as stack:
-        yield make_server_fixture(lt, stack)
 
 
 @pytest.fixture

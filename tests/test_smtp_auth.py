@@ -12,9 +12,7 @@ import asyncio
 import base64
 import logging
 import smtplib
-import socket
 import ssl
-import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any, Optional
@@ -31,8 +29,7 @@ from aiosmtpd.smtp import (
     auth_mechanism,
     login_always_fail,
 )
-
-WAIT = 10.0  # seconds; only a bound for a hung test, never a synchronisation
+from tests._server import IO_TIMEOUT, LineClient, LoopThread, Server, ServerFactory
 
 USER, PASSWORD = "user", "s3cret"
 PLAIN_OK = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
@@ -43,108 +40,16 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-async def _cancel_other_tasks() -> None:
-    """Let the sessions still open end before their loop stops, so that
-    asyncio does not log "Task was destroyed but it is pending"."""
-    me = asyncio.current_task()
-    tasks = [t for t in asyncio.all_tasks() if t is not me]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-# -- Server and client helpers -----------------------------------------------------------
-
-
-class ServerLoop:
-    """Runs ``loop.create_server`` servers of :class:`SMTP` in a thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.servers: list[asyncio.base_events.Server] = []
-        self.protocols: list[SMTP] = []
-
-    def serve(self, handler: Any, *, smtp_class: type[SMTP] = SMTP,
-              ssl_context: Optional[ssl.SSLContext] = None, **kwargs: Any) -> int:
-        kwargs.setdefault("hostname", "test.example")
-
-        def factory() -> SMTP:
-            protocol = smtp_class(handler, loop=self.loop, **kwargs)
-            self.protocols.append(protocol)
-            return protocol
-
-        server = asyncio.run_coroutine_threadsafe(
-            self.loop.create_server(factory, "127.0.0.1", 0, ssl=ssl_context), self.loop
-        ).result(WAIT)
-        self.servers.append(server)
-        port: int = server.sockets[0].getsockname()[1]
-        return port
-
-    def close_servers(self) -> None:
-        async def close() -> None:
-            for server in self.servers:
-                server.close()
-            self.servers.clear()
-
-        asyncio.run_coroutine_threadsafe(close(), self.loop).result(WAIT)
-        self.protocols.clear()
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), self.loop).result(WAIT)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(WAIT)
-        self.loop.close()
-
-
-@pytest.fixture(scope="module")
-def server_loop() -> Iterator[ServerLoop]:
-    server_loop = ServerLoop()
-    yield server_loop
-    server_loop.stop()
-
-
-@pytest.fixture
-def serve(server_loop: ServerLoop) -> Iterator[Any]:
-    yield server_loop.serve
-    server_loop.close_servers()
-
-
-class Raw:
-    def __init__(self, port: int, context: Optional[ssl.SSLContext] = None) -> None:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
-        if context is not None:
-            sock = context.wrap_socket(sock, server_hostname="localhost")
-        self.sock = sock
-        self.file = sock.makefile("rb")
-        self.greeting = self.reply()
-
-    def reply(self) -> bytes:
-        lines: list[bytes] = []
-        while True:
-            line = self.file.readline()
-            assert line.endswith(b"\r\n"), f"connection closed after {lines!r}: {line!r}"
-            lines.append(line[:-2])
-            if line[3:4] != b"-":
-                return b"\n".join(lines)
-
-    def cmd(self, command: str) -> bytes:
-        self.sock.sendall(command.encode() + b"\r\n")
-        return self.reply()
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+# -- Client helpers -----------------------------------------------------------------------
 
 
 @pytest.fixture
 def connect() -> Iterator[Any]:
-    clients: list[Raw] = []
+    clients: list[LineClient] = []
 
     def connect(port: int, *, ehlo: Optional[str] = "EHLO c",
-                context: Optional[ssl.SSLContext] = None) -> Raw:
-        client = Raw(port, context)
+                context: Optional[ssl.SSLContext] = None) -> LineClient:
+        client = LineClient(port, context)
         clients.append(client)
         if ehlo:
             assert client.cmd(ehlo).startswith(b"250")
@@ -184,10 +89,14 @@ class Authenticator:
 
 
 @pytest.fixture
-def plain_port(serve: Any) -> int:
+def plain_server(lt: LoopThread, start: ServerFactory) -> Server:
     """AUTH over plain text (``auth_require_tls=False``) with a real check."""
-    port: int = serve(Sink(), auth_require_tls=False, authenticator=Authenticator())
-    return port
+    return start(Sink(), loop=lt.loop, auth_require_tls=False, authenticator=Authenticator())
+
+
+@pytest.fixture
+def plain_port(plain_server: Server) -> int:
+    return plain_server.port
 
 
 OK = b"235 2.7.0 Authentication successful"
@@ -407,14 +316,13 @@ def test_authenticator_wins_over_auth_callback(serve: Any, connect: Any) -> None
     assert session.login_data == b"user"
 
 
-def test_failed_auth_leaves_authenticated_none(plain_port: int, connect: Any,
-                                               server_loop: ServerLoop) -> None:
-    client = connect(plain_port)
+def test_failed_auth_leaves_authenticated_none(plain_server: Server, connect: Any) -> None:
+    client = connect(plain_server.port)
     assert client.cmd("AUTH PLAIN " + PLAIN_BAD) == INVALID
     assert client.cmd("AUTH PLAIN") == b"334 "
     assert client.cmd("*") == ABORTED
     assert client.cmd("NOOP") == b"250 OK"
-    session = server_loop.protocols[-1].session
+    session = plain_server.last.session
     assert session is not None
     assert session.authenticated is None
     assert session.auth_data is None
@@ -765,7 +673,7 @@ def test_call_limit_applies_to_auth(serve: Any, connect: Any) -> None:
 def test_smtplib_auth(serve: Any, mechanism: str, initial_response_ok: bool) -> None:
     handler = Sink()
     port = serve(handler, auth_require_tls=False, authenticator=Authenticator())
-    with smtplib.SMTP("127.0.0.1", port, timeout=WAIT) as client:
+    with smtplib.SMTP("127.0.0.1", port, timeout=IO_TIMEOUT) as client:
         client.ehlo()
         client.user, client.password = USER, "wrong"
         authobject = getattr(client, "auth_" + mechanism.lower())
@@ -787,7 +695,7 @@ def test_aiosmtplib_login(serve: Any) -> None:
 
     async def talk() -> None:
         client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False,
-                                 use_tls=False, timeout=WAIT)
+                                 use_tls=False, timeout=IO_TIMEOUT)
         await client.connect()
         with pytest.raises(aiosmtplib.SMTPSenderRefused):
             await client.sendmail("a@example.com", ["b@example.com"], b"x\r\n")
@@ -802,23 +710,12 @@ def test_aiosmtplib_login(serve: Any) -> None:
 # -- AUTH over TLS with the default auth_require_tls ----------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return server, client
-
-
 def test_auth_after_starttls(serve: Any, connect: Any,
                              tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     server_context, client_context = tls_contexts
     handler = Sink()
     port = serve(handler, tls_context=server_context, authenticator=Authenticator())
-    with smtplib.SMTP("127.0.0.1", port, timeout=WAIT) as client:
+    with smtplib.SMTP("127.0.0.1", port, timeout=IO_TIMEOUT) as client:
         client.ehlo()
         assert not client.has_extn("auth")
         assert client.docmd("AUTH", "PLAIN " + PLAIN_OK)[0] == 538
@@ -837,7 +734,7 @@ def test_starttls_forgets_authentication(
     server_context, client_context = tls_contexts
     port = serve(Sink(), tls_context=server_context, auth_require_tls=False,
                  auth_required=True, authenticator=Authenticator())
-    with smtplib.SMTP("127.0.0.1", port, timeout=WAIT) as client:
+    with smtplib.SMTP("127.0.0.1", port, timeout=IO_TIMEOUT) as client:
         client.ehlo()
         assert client.docmd("AUTH", "PLAIN " + PLAIN_OK) == (235, OK[4:])
         assert client.docmd("AUTH", "PLAIN " + PLAIN_OK)[0] == 503

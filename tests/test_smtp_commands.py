@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import smtplib
 import socket
 import ssl
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,10 +13,8 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from tests._server import (
     HOSTNAME,
-    LoopThread,
     Recorder,
     ServerFactory,
-    make_server_fixture,
     wait_for,
 )
 
@@ -30,24 +26,6 @@ MAIL_SYN = "501 Syntax: MAIL FROM: <address>"
 MAIL_ESYN = "501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]"
 RCPT_SYN = "501 Syntax: RCPT TO: <address>"
 RCPT_ESYN = "501 Syntax: RCPT TO: <address> [SP <mail-parameters>]"
-
-
-@pytest.fixture(scope="module")
-def lt() -> Iterator[LoopThread]:
-    t = LoopThread()
-    yield t
-    t.close()
-
-
-@pytest.fixture
-def start(lt: LoopThread) -> Iterator[ServerFactory]:
-    with contextlib.ExitStack() as stack:
-        yield make_server_fixture(lt, stack)
-
-
-@pytest.fixture
-def server(start: ServerFactory) -> Any:
-    return start()
 
 
 # -- Connection level ------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import smtplib
 from collections.abc import Iterator
@@ -18,7 +17,6 @@ from tests._server import (
     RawClient,
     Server,
     ServerFactory,
-    make_server_fixture,
     serving,
     wait_for,
 )
@@ -29,24 +27,6 @@ GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"
 TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 TOO_MUCH = "552 Error: Too much mail data"
 BARE = "554 5.6.0 Error: bare CR or LF in message data"
-
-
-@pytest.fixture(scope="module")
-def lt() -> Iterator[LoopThread]:
-    t = LoopThread()
-    yield t
-    t.close()
-
-
-@pytest.fixture
-def start(lt: LoopThread) -> Iterator[ServerFactory]:
-    with contextlib.ExitStack() as stack:
-        yield make_server_fixture(lt, stack)
-
-
-@pytest.fixture
-def server(start: ServerFactory) -> Any:
-    return start()
 
 
 def begin(c: RawClient, esmtp: bool = False) -> None:

@@ -12,24 +12,11 @@ from typing import Any, Optional
 import pytest
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
-from tests._server import HOSTNAME, LoopThread, RawClient, ServerFactory, make_server_fixture
+from tests._server import HOSTNAME, LoopThread, RawClient, ServerFactory
 
 pytestmark = pytest.mark.timeout(30)
 
 HELP_LIST = "AUTH DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY"
-
-
-@pytest.fixture(scope="module")
-def lt() -> Iterator[LoopThread]:
-    t = LoopThread()
-    yield t
-    t.close()
-
-
-@pytest.fixture
-def start(lt: LoopThread) -> Iterator[ServerFactory]:
-    with contextlib.ExitStack() as stack:
-        yield make_server_fixture(lt, stack)
 
 
 @contextlib.contextmanager

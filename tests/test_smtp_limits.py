@@ -2,39 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from aiosmtpd.smtp import SMTP
-from tests._server import HOSTNAME, LoopThread, ServerFactory, make_server_fixture
+from tests._server import HOSTNAME, ServerFactory
 
 pytestmark = pytest.mark.timeout(30)
 
 TOO_LONG = "500 Command line too long"
-
-
-@pytest.fixture(scope="module")
-def lt() -> Iterator[LoopThread]:
-    t = LoopThread()
-    yield t
-    t.close()
-
-
-@pytest.fixture
-def start(lt: LoopThread) -> Iterator[ServerFactory]:
-    with contextlib.ExitStack() as stack:
-        yield make_server_fixture(lt, stack)
-
-
-@pytest.fixture
-def server(start: ServerFactory) -> Any:
-    return start()
 
 
 def noop_of(length: int) -> str:

@@ -11,9 +11,6 @@ import asyncio
 import base64
 import logging
 import smtplib
-import socket
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,8 +24,7 @@ from aiosmtpd.smtp import (
     sanitize,
     sanitized_log,
 )
-
-WAIT = 10.0  # seconds; only a bound for a hung test, never a synchronisation
+from tests._server import IO_TIMEOUT, LineClient, LoopThread, Server, ServerFactory, serving
 
 USER = "alice"
 PASSWORD = "Tr0ub4dor&3-horse"  # long enough that no base64 alignment hides it
@@ -50,41 +46,6 @@ def secret_forms() -> list[str]:
     return sorted(f for f in forms if f)
 
 
-async def _cancel_other_tasks() -> None:
-    """Let the sessions still open end before their loop stops, so that
-    asyncio does not log "Task was destroyed but it is pending"."""
-    me = asyncio.current_task()
-    tasks = [t for t in asyncio.all_tasks() if t is not me]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class ServerThread:
-    def __init__(self, **kwargs: Any) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-        def factory() -> SMTP:
-            return SMTP(Handler(), loop=self.loop, hostname="test.example", **kwargs)
-
-        self.server = asyncio.run_coroutine_threadsafe(
-            self.loop.create_server(factory, "127.0.0.1", 0), self.loop
-        ).result(WAIT)
-        self.port: int = self.server.sockets[0].getsockname()[1]
-
-    def stop(self) -> None:
-        async def close() -> None:
-            self.server.close()
-
-        asyncio.run_coroutine_threadsafe(close(), self.loop).result(WAIT)
-        asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), self.loop).result(WAIT)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(WAIT)
-        self.loop.close()
-
-
 class Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         return "250 OK"
@@ -97,34 +58,8 @@ def check(server: SMTP, session: Session, envelope: Envelope, mechanism: str,
 
 
 @pytest.fixture
-def server() -> Iterator[ServerThread]:
-    server = ServerThread(auth_require_tls=False, authenticator=check)
-    yield server
-    server.stop()
-
-
-class Raw:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
-        self.file = self.sock.makefile("rb")
-        self.reply()
-
-    def reply(self) -> bytes:
-        lines: list[bytes] = []
-        while True:
-            line = self.file.readline()
-            assert line.endswith(b"\r\n"), line
-            lines.append(line[:-2])
-            if line[3:4] != b"-":
-                return b"\n".join(lines)
-
-    def cmd(self, command: str) -> bytes:
-        self.sock.sendall(command.encode() + b"\r\n")
-        return self.reply()
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+def server(lt: LoopThread, start: ServerFactory) -> Server:
+    return start(Handler(), loop=lt.loop, auth_require_tls=False, authenticator=check)
 
 
 def record_texts(records: list[logging.LogRecord]) -> list[str]:
@@ -148,7 +83,7 @@ def assert_no_secret(records: list[logging.LogRecord]) -> None:
 
 def run_exchanges(port: int) -> None:
     plain = b64(f"\0{USER}\0{PASSWORD}".encode())
-    client = Raw(port)
+    client = LineClient(port)
     assert client.cmd("EHLO c").startswith(b"250-")
     # PLAIN with and without initial response, failing and succeeding.
     assert client.cmd("AUTH PLAIN " + b64(f"\0{USER}\0{PASSWORD}x".encode())).startswith(b"535")
@@ -159,7 +94,7 @@ def run_exchanges(port: int) -> None:
     client.close()
     # LOGIN with and without initial response.
     for initial in (True, False):
-        client = Raw(port)
+        client = LineClient(port)
         assert client.cmd("EHLO c").startswith(b"250-")
         if initial:
             assert client.cmd("AUTH LOGIN " + b64(USER.encode())) == b"334 UGFzc3dvcmQA"
@@ -169,7 +104,7 @@ def run_exchanges(port: int) -> None:
         assert client.cmd(b64(PASSWORD.encode())).startswith(b"235")
         client.close()
     # Mistyped secrets: undecodable blobs, as initial response and as answer.
-    client = Raw(port)
+    client = LineClient(port)
     assert client.cmd("EHLO c").startswith(b"250-")
     broken = PASSWORD + "!"
     assert client.cmd("AUTH PLAIN " + broken) == b"501 5.5.2 Can't decode base64"
@@ -181,12 +116,12 @@ def run_exchanges(port: int) -> None:
     assert client.cmd("QUIT") == b"221 Bye"
     client.close()
     # smtplib, which sends PLAIN with an initial response.
-    with smtplib.SMTP("127.0.0.1", port, timeout=WAIT) as smtp:
+    with smtplib.SMTP("127.0.0.1", port, timeout=IO_TIMEOUT) as smtp:
         smtp.login(USER, PASSWORD)
         smtp.sendmail("a@example.com", ["b@example.com"], b"Subject: x\r\n\r\nhi\r\n")
 
 
-def test_no_secret_in_any_log_record(server: ServerThread,
+def test_no_secret_in_any_log_record(server: Server,
                                      caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)  # root and every logger, every level
     run_exchanges(server.port)
@@ -211,7 +146,7 @@ def test_secret_detection_can_fail(caplog: pytest.LogCaptureFixture) -> None:
             assert_no_secret(caplog.records)
 
 
-def test_log_client_response_does_log(caplog: pytest.LogCaptureFixture) -> None:
+def test_log_client_response_does_log(lt: LoopThread, caplog: pytest.LogCaptureFixture) -> None:
     """The opt-in ``log_client_response=True`` is the one way responses reach
     the log (with two warnings)."""
     caught: list[str] = []
@@ -227,26 +162,12 @@ def test_log_client_response_does_log(caplog: pytest.LogCaptureFixture) -> None:
             return AuthResult(success=response == PASSWORD.encode(), handled=False)
 
     caplog.set_level(logging.DEBUG)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        srv = asyncio.run_coroutine_threadsafe(
-            loop.create_server(lambda: SMTP(Chatty(), loop=loop, auth_require_tls=False),
-                               "127.0.0.1", 0),
-            loop,
-        ).result(WAIT)
-        client = Raw(srv.sockets[0].getsockname()[1])
+    with serving(lt, Chatty(), loop=lt.loop, auth_require_tls=False) as srv:
+        client = LineClient(srv.port)
         client.cmd("EHLO c")
         assert client.cmd("AUTH CHATTY") == b"334 "
         assert client.cmd(b64(PASSWORD.encode())).startswith(b"235")
         client.close()
-        srv.close()
-    finally:
-        asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), loop).result(WAIT)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(WAIT)
-        loop.close()
     assert caught == ["AUTH interaction logging is enabled!",
                       "Sensitive information might be leaked!"]
     assert "Using handler auth_ hook for 'CHATTY'" in caplog.messages
@@ -254,9 +175,9 @@ def test_log_client_response_does_log(caplog: pytest.LogCaptureFixture) -> None:
         assert_no_secret(caplog.records)
 
 
-def test_abort_logged_as_warning(server: ServerThread, caplog: pytest.LogCaptureFixture) -> None:
+def test_abort_logged_as_warning(server: Server, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="mail.log")
-    client = Raw(server.port)
+    client = LineClient(server.port)
     client.cmd("EHLO c")
     assert client.cmd("AUTH LOGIN") == b"334 VXNlciBOYW1lAA=="
     assert client.cmd("*") == b"501 5.7.0 Auth aborted"

@@ -14,108 +14,14 @@ import socket
 import ssl
 import subprocess
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, TLSSetupException
+from tests._server import IO_TIMEOUT, Certs, LineClient
 
-trustme = pytest.importorskip("trustme")
-
-WAIT = 10.0  # seconds; only a bound for a hung test, never a synchronisation
-
-
-# -- Certificates -------------------------------------------------------------------
-
-
-class Certs:
-    def __init__(self, directory: Path) -> None:
-        self.ca = trustme.CA()
-        self.cert = self.ca.issue_cert("localhost", "127.0.0.1")
-        self.ca_file = directory / "ca.pem"
-        self.ca.cert_pem.write_to_path(str(self.ca_file))
-
-    def server_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.cert.configure_cert(context)
-        return context
-
-    def client_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context()
-        self.ca.configure_trust(context)
-        return context
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return Certs(tmp_path_factory.mktemp("certs"))
-
-
-async def _cancel_other_tasks() -> None:
-    """Let the sessions still open end before their loop stops, so that
-    asyncio does not log "Task was destroyed but it is pending"."""
-    me = asyncio.current_task()
-    tasks = [t for t in asyncio.all_tasks() if t is not me]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-# -- A server on its own event loop thread ------------------------------------------
-
-
-class ServerLoop:
-    """Runs ``loop.create_server`` servers of :class:`SMTP` in a thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.servers: list[asyncio.base_events.Server] = []
-
-    def serve(
-        self, handler: Any, *, ssl_context: Optional[ssl.SSLContext] = None, **kwargs: Any
-    ) -> int:
-        kwargs.setdefault("hostname", "test.example")
-
-        def factory() -> SMTP:
-            return SMTP(handler, loop=self.loop, **kwargs)
-
-        server = asyncio.run_coroutine_threadsafe(
-            self.loop.create_server(factory, "127.0.0.1", 0, ssl=ssl_context), self.loop
-        ).result(WAIT)
-        self.servers.append(server)
-        port: int = server.sockets[0].getsockname()[1]
-        return port
-
-    def close_servers(self) -> None:
-        async def close() -> None:
-            for server in self.servers:
-                server.close()
-            self.servers.clear()
-
-        asyncio.run_coroutine_threadsafe(close(), self.loop).result(WAIT)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), self.loop).result(WAIT)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(WAIT)
-        self.loop.close()
-
-
-@pytest.fixture(scope="module")
-def server_loop() -> Iterator[ServerLoop]:
-    server_loop = ServerLoop()
-    yield server_loop
-    server_loop.stop()
-
-
-@pytest.fixture
-def serve(server_loop: ServerLoop) -> Iterator[Any]:
-    yield server_loop.serve
-    server_loop.close_servers()
+pytest.importorskip("trustme")
 
 
 class Recorder:
@@ -160,59 +66,12 @@ def accept_password(server: SMTP, session: Session, envelope: Envelope,
                       handled=False)
 
 
-# -- A raw line-oriented client ------------------------------------------------------
-
-
-class Raw:
-    def __init__(self, port: int, context: Optional[ssl.SSLContext] = None,
-                 preamble: bytes = b"") -> None:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
-        if context is not None:
-            sock = context.wrap_socket(sock, server_hostname="localhost")
-        self.use(sock)
-        if preamble:  # e.g. a PROXY protocol header
-            self.send(preamble)
-        self.greeting = self.reply()
-
-    def use(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.file = sock.makefile("rb")
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        return self.file.readline()
-
-    def reply(self) -> list[bytes]:
-        """All lines of one (possibly multi-line) reply, without CRLF."""
-        lines: list[bytes] = []
-        while True:
-            line = self.line()
-            assert line.endswith(b"\r\n"), f"connection closed after {lines!r}: {line!r}"
-            lines.append(line[:-2])
-            if line[3:4] != b"-":
-                return lines
-
-    def cmd(self, command: str) -> bytes:
-        self.send(command.encode() + b"\r\n")
-        return b"\n".join(self.reply())
-
-    def starttls(self, context: ssl.SSLContext) -> None:
-        assert self.cmd("STARTTLS") == b"220 Ready to start TLS"
-        self.use(context.wrap_socket(self.sock, server_hostname="localhost"))
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
 # -- STARTTLS basics -------------------------------------------------------------------
 
 
 def test_starttls_advertised_and_help(serve: Any, certs: Certs) -> None:
     port = serve(Recorder(), tls_context=certs.server_context())
-    client = Raw(port)
+    client = LineClient(port)
     assert b"250-STARTTLS" in client.cmd("EHLO c")
     assert b"STARTTLS" in client.cmd("HELP")
     assert client.cmd("HELP STARTTLS") == b"250 Syntax: STARTTLS"
@@ -226,7 +85,7 @@ def test_starttls_advertised_and_help(serve: Any, certs: Certs) -> None:
 
 
 def test_no_tls_context(serve: Any) -> None:
-    client = Raw(serve(Recorder()))
+    client = LineClient(serve(Recorder()))
     assert b"STARTTLS" not in client.cmd("EHLO c")
     assert client.cmd("STARTTLS") == b"454 TLS not available"
     assert client.cmd("HELP STARTTLS").startswith(b"501 Supported commands: ")
@@ -238,7 +97,7 @@ def test_smtplib_starttls_resets_session(serve: Any, certs: Certs) -> None:
 
     handler = Recorder()
     port = serve(handler, tls_context=certs.server_context(), authenticator=accept_password)
-    with smtplib.SMTP("127.0.0.1", port, timeout=WAIT) as client:
+    with smtplib.SMTP("127.0.0.1", port, timeout=IO_TIMEOUT) as client:
         client.ehlo("before")
         assert client.mail("early@example.com")[0] == 250
         client.starttls(context=certs.client_context())
@@ -261,14 +120,14 @@ def test_smtplib_starttls_resets_session(serve: Any, certs: Certs) -> None:
 
 def test_plaintext_pipelined_after_starttls_is_discarded(serve: Any, certs: Certs) -> None:
     handler = Recorder()
-    client = Raw(serve(handler, tls_context=certs.server_context()))
+    client = LineClient(serve(handler, tls_context=certs.server_context()))
     # The injection of RFC 3207 section 6: one packet, commands after STARTTLS.
     client.send(b"STARTTLS\r\nNOOP injected\r\nMAIL FROM:<inject@example.com>\r\n")
-    assert client.reply() == [b"220 Ready to start TLS"]
+    assert client.lines() == [b"220 Ready to start TLS"]
     client.use(certs.client_context().wrap_socket(client.sock, server_hostname="localhost"))
     # The first reply over TLS answers our EHLO, not the injected commands.
     client.send(b"EHLO c\r\n")
-    assert client.reply()[0] == b"250-test.example"
+    assert client.lines()[0] == b"250-test.example"
     assert client.cmd("NOOP mine") == b"250 OK"
     assert handler.noops == ["mine"]
     assert handler.mail_from == []
@@ -295,29 +154,6 @@ def _handshake_then_send(sock: socket.socket, context: ssl.SSLContext,
     return tls, incoming, outgoing
 
 
-def _tls_read_line(sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO) -> bytes:
-    data = b""
-    while not data.endswith(b"\r\n"):
-        try:
-            data += tls.read(1)
-        except ssl.SSLWantReadError:
-            received = sock.recv(65536)
-            assert received, f"connection closed after {data!r}"
-            incoming.write(received)
-    return data
-
-
-def test_command_sent_with_client_finished_is_kept(serve: Any, certs: Certs) -> None:
-    # A TLS 1.3 client may send its first command right behind its Finished
-    # message; the server gets both at once, before STARTTLS has returned.
-    client = Raw(serve(Recorder(), tls_context=certs.server_context()))
-    assert client.cmd("STARTTLS") == b"220 Ready to start TLS"
-    tls, incoming, _ = _handshake_then_send(client.sock, certs.client_context(), b"NOOP\r\n")
-    assert tls.version() == "TLSv1.3"
-    assert _tls_read_line(client.sock, tls, incoming) == b"250 OK\r\n"
-    client.close()
-
-
 def _tls_read_until(sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO,
                     count: int) -> bytes:
     """Read until *count* CRLF-terminated lines have arrived."""
@@ -332,11 +168,22 @@ def _tls_read_until(sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.Memor
     return data
 
 
+def test_command_sent_with_client_finished_is_kept(serve: Any, certs: Certs) -> None:
+    # A TLS 1.3 client may send its first command right behind its Finished
+    # message; the server gets both at once, before STARTTLS has returned.
+    client = LineClient(serve(Recorder(), tls_context=certs.server_context()))
+    assert client.cmd("STARTTLS") == b"220 Ready to start TLS"
+    tls, incoming, _ = _handshake_then_send(client.sock, certs.client_context(), b"NOOP\r\n")
+    assert tls.version() == "TLSv1.3"
+    assert _tls_read_until(client.sock, tls, incoming, 1) == b"250 OK\r\n"
+    client.close()
+
+
 def test_flood_sent_with_client_finished(serve: Any, certs: Certs) -> None:
     # More than the server buffers before it stops reading, all arriving
     # before STARTTLS has returned: reading must resume on the right
     # transport once the backlog is worked off.
-    client = Raw(serve(Recorder(), tls_context=certs.server_context()))
+    client = LineClient(serve(Recorder(), tls_context=certs.server_context()))
     assert client.cmd("STARTTLS") == b"220 Ready to start TLS"
     count = 4_000
     tls, incoming, outgoing = _handshake_then_send(
@@ -351,7 +198,7 @@ def test_flood_sent_with_client_finished(serve: Any, certs: Certs) -> None:
 
 
 def test_second_starttls_refused(serve: Any, certs: Certs) -> None:
-    client = Raw(serve(Recorder(), tls_context=certs.server_context()))
+    client = LineClient(serve(Recorder(), tls_context=certs.server_context()))
     client.starttls(certs.client_context())
     client.cmd("EHLO c")
     assert client.cmd("STARTTLS") == b"503 5.5.1 Error: TLS already active"
@@ -363,7 +210,7 @@ def test_second_starttls_refused(serve: Any, certs: Certs) -> None:
 
 def test_starttls_allowed_without_ehlo_and_mid_transaction(serve: Any, certs: Certs) -> None:
     handler = Recorder()
-    client = Raw(serve(handler, tls_context=certs.server_context()))
+    client = LineClient(serve(handler, tls_context=certs.server_context()))
     client.cmd("EHLO c")
     assert client.cmd("MAIL FROM:<a@example.com>") == b"250 OK"
     client.starttls(certs.client_context())
@@ -380,7 +227,7 @@ def test_aiosmtplib_starttls_and_login(serve: Any, certs: Certs) -> None:
 
     async def talk() -> None:
         client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False,
-                                 timeout=WAIT)
+                                 timeout=IO_TIMEOUT)
         await client.connect()
         await client.ehlo()
         assert client.supports_extension("starttls")
@@ -411,7 +258,7 @@ class ProxyRecorder(Recorder):
 def test_proxy_data_survives_starttls(serve: Any, certs: Certs) -> None:
     handler = ProxyRecorder()
     port = serve(handler, tls_context=certs.server_context(), proxy_protocol_timeout=5)
-    client = Raw(port, preamble=b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n")
+    client = LineClient(port, preamble=b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n")
     assert client.greeting[0].startswith(b"220 test.example")
     assert client.cmd("NOOP") == b"250 OK"
     client.starttls(certs.client_context())
@@ -431,7 +278,7 @@ def test_proxy_data_survives_starttls(serve: Any, certs: Certs) -> None:
 
 def test_require_starttls_gate(serve: Any, certs: Certs) -> None:
     port = serve(Recorder(), tls_context=certs.server_context(), require_starttls=True)
-    client = Raw(port)
+    client = LineClient(port)
     gate = b"530 Must issue a STARTTLS command first"
     assert client.cmd("NOOP") == b"250 OK"
     assert client.cmd("EHLO c").startswith(b"250-test.example")
@@ -450,7 +297,7 @@ def test_require_starttls_gate(serve: Any, certs: Certs) -> None:
 
 
 def test_require_starttls_without_context_has_no_effect(serve: Any) -> None:
-    client = Raw(serve(Recorder(), require_starttls=True))
+    client = LineClient(serve(Recorder(), require_starttls=True))
     assert client.cmd("HELO c") == b"250 test.example"
     client.close()
 
@@ -487,7 +334,7 @@ def test_handle_starttls_false_refuses_commands(
     serve: Any, certs: Certs, handler_class: type[Recorder]
 ) -> None:
     handler = handler_class()
-    client = Raw(serve(handler, tls_context=certs.server_context()))
+    client = LineClient(serve(handler, tls_context=certs.server_context()))
     client.starttls(certs.client_context())
     refused = b"554 Command refused due to lack of security"
     for command in ("EHLO c", "NOOP", "HELO c", "MAIL FROM:<a@b.c>", "STARTTLS", "BOGUS"):
@@ -501,7 +348,7 @@ def test_handle_starttls_false_refuses_commands(
 
 def test_async_handle_starttls_true_is_awaited(serve: Any, certs: Certs) -> None:
     handler = AsyncAcceptTLS()
-    client = Raw(serve(handler, tls_context=certs.server_context()))
+    client = LineClient(serve(handler, tls_context=certs.server_context()))
     client.starttls(certs.client_context())
     assert client.cmd("NOOP") == b"250 OK"
     client.close()
@@ -515,7 +362,7 @@ def test_handshake_failure_closes_and_calls_handle_exception(
 ) -> None:
     handler = ExceptionRecorder()
     port = serve(handler, tls_context=certs.server_context())
-    client = Raw(port)
+    client = LineClient(port)
     assert client.cmd("STARTTLS") == b"220 Ready to start TLS"
     client.send(b"this is not a TLS ClientHello\r\n" * 4)
     # No reply at all (the handle_exception result is not sent), then EOF.
@@ -525,11 +372,11 @@ def test_handshake_failure_closes_and_calls_handle_exception(
         rest = b""
     assert rest == b""
     client.close()
-    assert handler.exception_seen.wait(WAIT)
+    assert handler.exception_seen.wait(IO_TIMEOUT)
     assert isinstance(handler.exceptions[0], TLSSetupException)
     assert handler.exceptions[0].__cause__ is not None
     # The server goes on serving other clients.
-    other = Raw(port)
+    other = LineClient(port)
     assert other.greeting[0].startswith(b"220 test.example")
     assert other.cmd("NOOP") == b"250 OK"
     other.close()
@@ -553,7 +400,7 @@ def test_handshake_failure_logged(serve: Any, certs: Certs) -> None:
     mail_log.addHandler(watcher)
     try:
         port = serve(Recorder(), tls_context=certs.server_context())
-        client = Raw(port)
+        client = LineClient(port)
         assert client.cmd("STARTTLS") == b"220 Ready to start TLS"
         client.send(b"\x16\x03\x01\x00\x05hello garbage\r\n")
         try:
@@ -562,7 +409,7 @@ def test_handshake_failure_logged(serve: Any, certs: Certs) -> None:
             pass
         client.close()
         # The asyncio transport may close before the record is written.
-        assert watcher.seen.wait(WAIT)
+        assert watcher.seen.wait(IO_TIMEOUT)
     finally:
         mail_log.removeHandler(watcher)
     record = watcher.records[0]
@@ -570,7 +417,7 @@ def test_handshake_failure_logged(serve: Any, certs: Certs) -> None:
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], TLSSetupException)
     assert isinstance(record.exc_info[1].__cause__, ssl.SSLError)
-    other = Raw(port)
+    other = LineClient(port)
     assert other.cmd("NOOP") == b"250 OK"
     other.close()
 
@@ -578,12 +425,12 @@ def test_handshake_failure_logged(serve: Any, certs: Certs) -> None:
 def test_client_disconnect_during_handshake(serve: Any, certs: Certs) -> None:
     handler = ExceptionRecorder()
     port = serve(handler, tls_context=certs.server_context())
-    client = Raw(port)
+    client = LineClient(port)
     assert client.cmd("STARTTLS") == b"220 Ready to start TLS"
     client.close()
-    assert handler.exception_seen.wait(WAIT)
+    assert handler.exception_seen.wait(IO_TIMEOUT)
     assert isinstance(handler.exceptions[0], TLSSetupException)
-    other = Raw(port)
+    other = LineClient(port)
     assert other.cmd("NOOP") == b"250 OK"
     other.close()
 
@@ -597,7 +444,7 @@ def test_implicit_tls_smtplib(serve: Any, certs: Certs) -> None:
     handler = Recorder()
     port = serve(handler, ssl_context=certs.server_context(), authenticator=accept_password)
     with smtplib.SMTP_SSL("127.0.0.1", port, context=certs.client_context(),
-                          timeout=WAIT) as client:
+                          timeout=IO_TIMEOUT) as client:
         code, ehlo = client.ehlo("c")
         assert code == 250
         # Already encrypted: AUTH offered with the default auth_require_tls,
@@ -617,7 +464,7 @@ def test_implicit_tls_smtplib(serve: Any, certs: Certs) -> None:
 def test_implicit_tls_with_tls_context_too(serve: Any, certs: Certs) -> None:
     context = certs.server_context()
     port = serve(Recorder(), ssl_context=context, tls_context=context, require_starttls=True)
-    client = Raw(port, certs.client_context())
+    client = LineClient(port, certs.client_context())
     ehlo = client.cmd("EHLO c")
     assert b"STARTTLS" not in ehlo
     assert b"250-AUTH LOGIN PLAIN" in ehlo
@@ -634,7 +481,7 @@ def test_implicit_tls_aiosmtplib_login(serve: Any, certs: Certs) -> None:
 
     async def talk() -> int:
         client = aiosmtplib.SMTP(hostname="localhost", port=port, use_tls=True,
-                                 tls_context=certs.client_context(), timeout=WAIT)
+                                 tls_context=certs.client_context(), timeout=IO_TIMEOUT)
         await client.connect(hostname="127.0.0.1")
         response = await client.login("user", "secret")
         await client.quit()

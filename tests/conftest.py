@@ -1,0 +1,58 @@
+"""Fixtures shared by the tests/test_smtp_*.py modules (helpers: tests/_server.py).
+
+A module that defines a fixture of the same name keeps its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+
+from aiosmtpd.smtp import SMTP
+from tests._server import Certs, LoopThread, Server, ServerFactory, make_server_fixture
+
+
+@pytest.fixture(scope="module")
+def lt() -> Iterator[LoopThread]:
+    """One event loop thread serves every server of a test module."""
+    t = LoopThread()
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def start(lt: LoopThread) -> Iterator[ServerFactory]:
+    """Starts servers (``start(handler, **SMTP_options)``) closed after the test."""
+    with contextlib.ExitStack() as stack:
+        yield make_server_fixture(lt, stack)
+
+
+@pytest.fixture
+def server(start: ServerFactory) -> Server:
+    return start()
+
+
+@pytest.fixture
+def serve(lt: LoopThread, start: ServerFactory) -> Callable[..., int]:
+    """Like ``start``, but returns only the port (``smtp_class`` names the class)."""
+
+    def serve(handler: Any, *, smtp_class: type[SMTP] = SMTP, **kwargs: Any) -> int:
+        return start(handler, cls=smtp_class, loop=lt.loop, **kwargs).port
+
+    return serve
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    pytest.importorskip("trustme")
+    return Certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def tls_contexts(certs: Certs) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context and a client context that trusts it."""
+    return certs.server_context(), certs.client_context()
