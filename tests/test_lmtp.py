@@ -189,17 +189,6 @@ def test_help() -> None:
         assert client.cmd("HELP EHLO") == [f"501 {listing}"]
 
 
-@pytest.fixture
-def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return server, client
-
-
 def test_lhlo_allowed_before_required_starttls(
     tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
