@@ -337,10 +337,13 @@ class AuthMixin:
             # Decision (auth-tls 2.1): RFC 4954 forbids AUTH in a transaction.
             await self.push("503 5.5.1 Error: MAIL transaction in progress")
             return
-        if not arg:
+        # str.split() also splits on "\x1c".."\x1f" and Unicode spaces, which
+        # the command line's bytes.strip() left in place: "AUTH \x1c" is
+        # no mechanism either (it raised IndexError).
+        args = arg.split() if arg else []
+        if not args:
             await self.push("501 Not enough value")
             return
-        args = arg.split()
         if len(args) > 2:
             await self.push("501 Too many values")
             return

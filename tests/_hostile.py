@@ -275,12 +275,12 @@ async def load_client(port: int, connections: int, transactions: int) -> dict[st
         await _expect(reader, b"221")
         writer.close()
 
-    results = await asyncio.gather(
+    outcomes = await asyncio.gather(
         *(session(i, r, w) for i, (r, w) in enumerate(opened)), return_exceptions=True
     )
-    for r in results:
-        if isinstance(r, BaseException):
-            errors[type(r).__name__] += 1
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            errors[type(outcome).__name__] += 1
     return {"held": held, "accepted": accepted, "errors": dict(errors)}
 
 

@@ -24,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import os
 import socket
 import struct
 import time
 import warnings
+from collections import Counter
 from typing import Any, Callable, Optional
 
 import pytest
@@ -204,6 +206,13 @@ TOKENS = [
     b"HELP", b"VRFY", b"EXPN", b"\x1b[2J", b"%s%n", b"\x7f", b"\xfe\xff",
     AUTH_PLAIN.encode(),
 ]
+VALID = [
+    b"EHLO client.example", b"HELO client.example", b"MAIL FROM:<a@b.example>",
+    b"MAIL FROM:<> SIZE=100 BODY=8BITMIME", b"RCPT TO:<c@d.example>", b"DATA", b"RSET",
+    b"NOOP", b"AUTH PLAIN", b"AUTH LOGIN", b"dXNlcg==", b"c2VjcmV0", b"AHVzZXIAc2VjcmV0",
+    AUTH_PLAIN.encode(), b"MAIL FROM:<\xc3\xa9@\xc3\xbc.example> SMTPUTF8", b".", b"HELP MAIL",
+    b"VRFY <a@b>",
+]
 ADDRESSES = [
     "<a@b.example>", "<>", "a@b", "<a@b", "<\"q u\"@x>", "<@r,@s:u@v>", "<é@ü.example>",
     "<a@[127.0.0.1]>", "<a@[IPv6:::1]>", "<" + "l" * 70 + "@x>", "<a@b> SIZE=100",
@@ -251,6 +260,25 @@ class Run:
     transactions = 0
     connections = 0
     teardowns = 0
+    known: Counter[str] = Counter()
+
+    # Errors the spec prescribes, each pinned by a test elsewhere: counted
+    # and reported rather than stopping a long run, so that they cannot hide
+    # new findings.  (Empty now: the over-long AUTH response traceback was
+    # the one, fixed.)
+    KNOWN: dict[str, str] = {}
+
+    @classmethod
+    def known_errors_removed(cls, errors: list[str]) -> list[str]:
+        left = []
+        for error in errors:
+            for name, pattern in cls.KNOWN.items():
+                if pattern in error:
+                    cls.known[name] += 1
+                    break
+            else:
+                left.append(error)
+        return left
     vectors: set[int] = set()
 
 
@@ -273,7 +301,7 @@ class SMTPFuzzer(RuleBasedStateMachine):
         self.loop = Run.loop
         self.sink = Sink()
         self.made: list[FuzzedSMTP] = []
-        self.server: Optional[asyncio.AbstractServer] = None
+        self.server: Optional[asyncio.Server] = None
         self.conn: Optional[Connection] = None
         self.preset: dict[str, Any] = {}
         self.serial = itertools.count()
@@ -322,6 +350,12 @@ class SMTPFuzzer(RuleBasedStateMachine):
     @rule(line=command_lines, ending=st.sampled_from([b"\r\n", b"\r\n", b"\n", b"\r", b""]))
     def command(self, line: bytes, ending: bytes) -> None:
         self._step(line + ending)
+
+    @rule(line=st.sampled_from(VALID))
+    def valid_command(self, line: bytes) -> None:
+        # Valid commands take the session deep (inside AUTH, MAIL, DATA)
+        # where the random bytes of the other rules then land.
+        self._step(line + b"\r\n")
 
     @rule(data=fragments)
     def raw_bytes(self, data: bytes) -> None:
@@ -378,7 +412,7 @@ class SMTPFuzzer(RuleBasedStateMachine):
 
     @invariant()
     def no_errors_logged(self) -> None:
-        errors = Run.trap.take()
+        errors = Run.known_errors_removed(Run.trap.take())
         assert not errors, errors
 
     @invariant()
@@ -436,7 +470,7 @@ class SMTPFuzzer(RuleBasedStateMachine):
                 gc.collect()  # surfaces "Task exception was never retrieved"
             # Let closed transports and cancelled tasks finish their callbacks.
             self.run(asyncio.sleep(0))
-            errors = Run.trap.take()
+            errors = Run.known_errors_removed(Run.trap.take())
             assert not errors, errors
 
 
@@ -449,6 +483,7 @@ def fuzz_loop() -> Any:
         Run.trap = trap
         Run.steps = Run.transactions = Run.connections = 0
         Run.vectors = set()
+        Run.known = Counter()
         try:
             yield loop
         finally:
@@ -457,6 +492,8 @@ def fuzz_loop() -> Any:
 
 
 FUZZ_STEPS = scale(0, 1_000_000, "AIOSMTPD_FUZZ_STEPS")
+# A time budget for the long mode: stop (and report) after this many seconds.
+FUZZ_SECONDS = float(os.environ.get("AIOSMTPD_FUZZ_SECONDS", "inf"))
 
 # The default suite: ~1,000 steps, a few seconds.
 DEFAULT_EXAMPLES = 30
@@ -479,7 +516,9 @@ def test_fuzz_protocol(fuzz_loop: Any) -> None:
     findings: list[str] = []
     while True:
         try:
-            run_state_machine_as_test(SMTPFuzzer, settings=config)
+            run_state_machine_as_test(  # type: ignore[no-untyped-call]
+                SMTPFuzzer, settings=config
+            )
         except Exception as error:
             if not target:
                 raise
@@ -490,11 +529,11 @@ def test_fuzz_protocol(fuzz_loop: Any) -> None:
         if target:
             print(f"progress: {Run.steps} steps, {len(findings)} findings, "
                   f"{time.monotonic() - started:.0f} s", flush=True)
-        if Run.steps >= target:
+        if Run.steps >= target or time.monotonic() - started > FUZZ_SECONDS:
             break
     gc.collect()
     fuzz_loop.run_until_complete(asyncio.sleep(0))
-    errors = Run.trap.take()
+    errors = Run.known_errors_removed(Run.trap.take())
     report(
         "fuzz_protocol",
         steps=Run.steps,
@@ -504,6 +543,7 @@ def test_fuzz_protocol(fuzz_loop: Any) -> None:
         hypothesis_runs=runs,
         seconds=round(time.monotonic() - started, 1),
         findings=len(findings) + len(errors),
+        known_spec_findings=dict(Run.known),
     )
     assert not findings, findings
     assert not errors, errors

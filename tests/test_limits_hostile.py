@@ -348,10 +348,12 @@ def test_slowloris_auth_cut_off(lt: LoopThread) -> None:
             wait_closed(hostile.sock, keep_sending=b"d", pause=0.05)
 
 
-# -- Known gaps, kept visible (strict xfail: they fail the suite once fixed) ---------
+# -- Regressions of gaps found by these tests --------------------------------------
 
 
 def test_data_line_flood_without_size_limit_is_bounded(lt: LoopThread) -> None:
+    # A too-long DATA line used to be kept until the end of data (or the
+    # size limit): without a size limit the buffer grew with the line.
     with hostile_server(lt, data_size_limit=None) as (server, sink):
         with server.client() as hostile:
             begin_data(hostile)
@@ -365,11 +367,28 @@ def test_data_line_flood_without_size_limit_is_bounded(lt: LoopThread) -> None:
 
 def test_overlong_auth_response_logs_no_error(lt: LoopThread,
                                               caplog: pytest.LogCaptureFixture) -> None:
+    # It went through the generic exception path: any client could have a
+    # traceback logged at ERROR.
     with hostile_server(lt, auth_require_tls=False) as (server, sink):
         with server.client() as hostile:
             hostile.multi("EHLO hostile.example")
             assert hostile.cmd("AUTH PLAIN") == "334 "
             reply = hostile.cmd(b"A" * 3000)
             assert reply.startswith("500 Error: (ValueError) ")
+            assert hostile.cmd("NOOP") == "250 OK"
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+@pytest.mark.parametrize("utf8", [False, True])
+def test_auth_with_only_separator_characters(lt: LoopThread, utf8: bool,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    # Found by the long fuzz run: "AUTH \x1c" raised IndexError (str.split()
+    # sees whitespace that bytes.strip() kept), a traceback at ERROR.
+    with hostile_server(lt, auth_require_tls=False, enable_SMTPUTF8=utf8) as (server, sink):
+        with server.client() as hostile:
+            hostile.multi("EHLO hostile.example")
+            args = [b"\x1c", b"\x1f \x1e"] + (["\u2028".encode(), b"\xc2\x85"] if utf8 else [])
+            for arg in args:
+                assert hostile.cmd(b"AUTH " + arg) == "501 Not enough value"
             assert hostile.cmd("NOOP") == "250 OK"
     assert [r for r in caplog.records if r.levelname == "ERROR"] == []
