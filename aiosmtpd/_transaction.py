@@ -258,8 +258,9 @@ class TransactionMixin:
                     del buf[:consumed]
                     return reader
                 # Decision (smtp.md 7.5): a client that keeps completing
-                # lines is not idle.
-                if buf.find(b"\n", max(0, min(seen, len(buf)) - 1)) >= 0:
+                # lines is not idle.  Only CRLF ends a line, and data already
+                # rejected earns no more time.
+                if reader.error is None and buf.find(b"\r\n", max(0, min(seen, len(buf)) - 1)) >= 0:
                     self._reset_timeout()
                 await self._wait_for_data()
                 seen = len(buf)

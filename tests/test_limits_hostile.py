@@ -339,6 +339,30 @@ def test_slowloris_data_cut_off(lt: LoopThread) -> None:
     assert sink.count == 2
 
 
+def test_slowloris_bare_lf_lines_in_data_cut_off(lt: LoopThread) -> None:
+    # Only CRLF ends a DATA line: bare LFs earn no extra time.
+    with hostile_server(lt, timeout=0.5) as (server, sink):
+        with server.client() as hostile:
+            begin_data(hostile)
+            good_client(server, sink)
+            wait_closed(hostile.sock, keep_sending=b"z\n", pause=0.05)
+        good_client(server, sink)
+    assert sink.count == 2
+
+
+def test_slowloris_after_rejected_data_cut_off(lt: LoopThread) -> None:
+    # Once the data is over the size limit it is being discarded: complete
+    # lines no longer keep the connection alive.
+    with hostile_server(lt, timeout=0.5, data_size_limit=100) as (server, sink):
+        with server.client() as hostile:
+            begin_data(hostile)
+            hostile.send(b"x" * 200 + b"\r\n")
+            good_client(server, sink)
+            wait_closed(hostile.sock, keep_sending=b"z\r\n", pause=0.05)
+        good_client(server, sink)
+    assert sink.count == 2
+
+
 def test_slowloris_auth_cut_off(lt: LoopThread) -> None:
     with hostile_server(lt, timeout=0.5, auth_require_tls=False) as (server, sink):
         with server.client() as hostile:
