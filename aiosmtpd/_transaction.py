@@ -251,6 +251,8 @@ class TransactionMixin:
         self._in_data = True
         self._resume_reading()
         try:
+            # What the previous wake-up had seen: the DATA command itself
+            # restarted the timer for anything already buffered.
             seen = len(buf)
             while True:
                 consumed = reader.feed(buf)
@@ -258,11 +260,12 @@ class TransactionMixin:
                     del buf[:consumed]
                     return reader
                 # Decision (smtp.md 7.5): a client that keeps completing
-                # lines is not idle.  Only CRLF ends a line, and data already
-                # rejected earns no more time.
-                if reader.error is None and buf.find(b"\r\n", max(0, min(seen, len(buf)) - 1)) >= 0:
+                # lines is not idle.  Only a CRLF received since the last
+                # wake-up counts, and data already rejected earns no time
+                # (feed() only shrinks the buffer after rejecting).
+                if reader.error is None and buf.find(b"\r\n", max(0, seen - 1)) >= 0:
                     self._reset_timeout()
-                await self._wait_for_data()
                 seen = len(buf)
+                await self._wait_for_data()
         finally:
             self._in_data = False
