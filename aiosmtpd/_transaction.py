@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd._framing import DataError, DataReader, has_bare_cr_or_lf, unstuff
 from aiosmtpd._hooks import MISSING, syntax
+from aiosmtpd._inline import HOP
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import Envelope, Session
@@ -36,6 +37,7 @@ class TransactionMixin:
         _handle_hooks: dict[str, Callable[..., Any]]
         _buf: bytearray
         _in_data: bool
+        _driving: bool
 
         async def push(self, status: Union[str, bytes]) -> None: ...
         async def check_helo_needed(self, helo: str = "HELO") -> bool: ...
@@ -224,6 +226,8 @@ class TransactionMixin:
         process_message = getattr(self.event_handler, "process_message", None)
         if process_message is None:
             return MISSING
+        if self._driving:
+            await HOP
         warnings.warn(
             "Use handler.handle_DATA() instead of .process_message()",
             DeprecationWarning,

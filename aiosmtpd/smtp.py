@@ -19,7 +19,7 @@ import socket
 import ssl
 import time
 import warnings
-from collections.abc import Awaitable, MutableMapping, Sequence
+from collections.abc import Awaitable, Coroutine, MutableMapping, Sequence
 from typing import (
     Any,
     Callable,
@@ -51,6 +51,7 @@ from aiosmtpd._discovery import (
     names_with_prefix,
 )
 from aiosmtpd._hooks import MISSING, syntax
+from aiosmtpd._inline import HOP, Resume, runs_commands_inline
 from aiosmtpd._loop import get_or_new_eventloop
 from aiosmtpd._session_commands import SessionCommandsMixin
 from aiosmtpd._starttls import StartTLSMixin, TLSSetupException, tls_info
@@ -174,7 +175,8 @@ class SMTP(
         "_buf", "_waiter", "_reading_paused", "_in_data", "_handler_coroutine",
         "_original_transport", "_tls_active", "_tls_handshake_okay",
         "_auth_required", "_auth_require_tls", "_authenticator", "_auth_callback",
-        "_auth_methods",
+        "_auth_methods", "_inline", "_idle", "_driving", "_suspended", "_call_limits",
+        "_bogus_budget",
     )
 
     command_size_limit = 512
@@ -310,6 +312,14 @@ class SMTP(
         self._reading_paused = False
         self._in_data = False
         self._handler_coroutine: Optional[asyncio.Task[None]] = None
+        # Commands run inside data_received when the class allows it (see
+        # _pump); _idle: at the command prompt with no command running.
+        self._inline = runs_commands_inline(type(self))
+        self._idle = False
+        self._driving = False
+        self._suspended: Optional[Coroutine[Any, Any, bool]] = None
+        self._call_limits: Optional[dict[str, int]] = None
+        self._bogus_budget = BOGUS_LIMIT
         self._original_transport: Optional[asyncio.BaseTransport] = None
         # True once the connection is encrypted (STARTTLS done, or implicit TLS).
         self._tls_active = False
@@ -360,6 +370,8 @@ class SMTP(
         hook = self._handle_hooks.get(command)
         if hook is None:
             return MISSING
+        if self._driving:
+            await HOP
         return await hook(self, self.session, self.envelope, *args)
 
     # -- asyncio protocol callbacks ---------------------------------------------
@@ -380,7 +392,12 @@ class SMTP(
         # Without PROXY the greeting goes out now rather than one loop
         # iteration later from the task: a client waits for nothing else.
         greeted = self._proxy_timeout is None and self._greet(transport)
-        self._handler_coroutine = self.loop.create_task(self._handle_client(greeted))
+        if greeted and self._inline:
+            # No Task until a command needs one: data_received serves the rest.
+            self._begin_commands()
+            self._idle = True
+        else:
+            self._handler_coroutine = self.loop.create_task(self._handle_client(greeted))
 
     def _greet(self, transport: asyncio.BaseTransport) -> bool:
         try:
@@ -401,14 +418,12 @@ class SMTP(
         if self._original_transport is not None:
             self._original_transport.close()
         super().connection_lost(exc)
-        if self._handler_coroutine is not None:
-            self._handler_coroutine.cancel()
+        self._stop_commands()
         self.transport = None
 
     def eof_received(self) -> Optional[bool]:
         log.info("%r EOF received", self.session.peer if self.session else None)
-        if self._handler_coroutine is not None:
-            self._handler_coroutine.cancel()
+        self._stop_commands()
         if self.session is not None and self.session.ssl is not None:
             return False
         return super().eof_received()
@@ -416,6 +431,17 @@ class SMTP(
     def data_received(self, data: bytes) -> None:
         buf = self._buf
         buf += data
+        if self._suspended is not None:
+            # A command run inline waits for these bytes (in DATA, say).
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            self._drive(self._suspended)
+            self._pump()
+            return
+        if self._idle:
+            self._pump()
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -521,6 +547,8 @@ class SMTP(
     async def _reply_to_exception(self, error: Exception) -> bool:
         """Reply to an exception raised by a command; False ends the session."""
         peer = self.session.peer if self.session else None
+        if self._driving:
+            await HOP  # handle_exception may be handler code
         try:
             status = await self.handle_exception(error)
         except Exception as inner:
@@ -568,108 +596,216 @@ class SMTP(
             await self._wait_for_data()
 
     async def _handle_client(self, greeted: bool = False) -> None:
-        assert self.session is not None
-        try:
-            if self._proxy_timeout is not None and not await self._accept_proxy_header():
+        await self._continue(self._open_session(greeted))
+
+    async def _open_session(self, greeted: bool) -> bool:
+        """Accept the PROXY header and greet, if not done yet; False closes."""
+        if self._proxy_timeout is not None and not await self._accept_proxy_header():
+            return False
+        if not greeted:
+            await self.push(f"220 {self.hostname} {self.__ident__}")
+        self._begin_commands()
+        return True
+
+    def _begin_commands(self) -> None:
+        """Start the per-connection command budgets, after the greeting."""
+        if self._call_limit_base is not None:
+            self._call_limits = dict(self._call_limit_base)
+        self._bogus_budget = BOGUS_LIMIT
+
+    def _lost_during_command(self) -> None:
+        log.info(
+            "%r Connection lost during _handle_client()",
+            self.session.peer if self.session else None,
+        )
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _serve_commands(self) -> None:
+        """Serve commands in the connection's Task.
+
+        When commands may run inline, the Task ends as soon as no complete
+        command line is waiting: ``data_received`` serves what follows.
+        """
+        buf = self._buf
+        while self.transport is not None and not self.transport.is_closing():
+            if self._inline:
+                limit = self.line_length_limit
+                if buf.find(b"\n", 0, limit + 1) < 0 and len(buf) <= limit:
+                    self._idle = True
+                    self._resume_reading()  # paused if commands piled up meanwhile
+                    return
+            line = await self._readline()
+            if not await self._process_line(line):
                 return
-            if not greeted:
-                await self.push(f"220 {self.hostname} {self.__ident__}")
-            call_limits: Optional[dict[str, int]] = None
-            if self._call_limit_base is not None:
-                call_limits = dict(self._call_limit_base)
-            bogus_budget = BOGUS_LIMIT
-            while self.transport is not None and not self.transport.is_closing():
-                line = await self._readline()
-                peer = self.session.peer
-                if line is None:
-                    await self.push("500 Command line too long")
-                    continue
-                if log.isEnabledFor(logging.INFO):  # DEBUG implies INFO
-                    if log.isEnabledFor(logging.DEBUG):
-                        sanitized_log(log.debug, "_handle_client readline: %r", line)
-                    line = line.rstrip(b"\r\n")
-                    sanitized_log(log.info, "%r >> %r", peer, line)
+
+    async def _process_line(self, line: Optional[bytes]) -> bool:
+        """Answer one command line; False ends the session."""
+        assert self.session is not None
+        peer = self.session.peer
+        if line is None:
+            await self.push("500 Command line too long")
+            return True
+        if log.isEnabledFor(logging.INFO):  # DEBUG implies INFO
+            if log.isEnabledFor(logging.DEBUG):
+                sanitized_log(log.debug, "_handle_client readline: %r", line)
+            line = line.rstrip(b"\r\n")
+            sanitized_log(log.info, "%r >> %r", peer, line)
+        else:
+            line = line.rstrip(b"\r\n")
+        if not line:
+            await self.push("500 Error: bad syntax")
+            return True
+        verb, sep, rest = line.partition(b" ")
+        try:
+            command = verb.upper().decode("ascii")
+        except UnicodeDecodeError:
+            await self.push("500 Error: bad syntax")
+            return True
+        arg: Optional[str] = None
+        if rest:
+            rest = rest.strip()
+            try:
+                if self.enable_SMTPUTF8:
+                    arg = rest.decode("utf-8", errors="surrogateescape")
                 else:
-                    line = line.rstrip(b"\r\n")
-                if not line:
-                    await self.push("500 Error: bad syntax")
-                    continue
-                verb, sep, rest = line.partition(b" ")
-                try:
-                    command = verb.upper().decode("ascii")
-                except UnicodeDecodeError:
-                    await self.push("500 Error: bad syntax")
-                    continue
-                arg: Optional[str] = None
-                if rest:
-                    rest = rest.strip()
-                    try:
-                        if self.enable_SMTPUTF8:
-                            arg = rest.decode("utf-8", errors="surrogateescape")
-                        else:
-                            arg = rest.decode("ascii")
-                    except UnicodeDecodeError:
-                        await self.push("500 Error: strict ASCII mode")
-                        continue
-                if self.session.extended_smtp:
-                    max_sz = self.command_size_limits[command]
-                else:
-                    max_sz = self.command_size_limit
-                if len(line) > max_sz:
-                    await self.push("500 Command line too long")
-                    continue
-                if not self._tls_handshake_okay and command != "QUIT":
-                    await self.push("554 Command refused due to lack of security")
-                    continue
-                if (
-                    self.require_starttls
-                    and not self._tls_active
-                    and command not in self._allowed_before_starttls()
-                ):
-                    await self.push("530 Must issue a STARTTLS command first")
-                    continue
-                if call_limits is not None:
-                    budget = call_limits.get(command, self._call_limit_default)
-                    if budget < 1:
-                        log.warning("%r over limit for %s", peer, command)
-                        # The verb may hold control bytes (even a bare CR): never echo them.
-                        shown = _grammar.control_chars_to_question_marks(command)
-                        await self.push(f"421 4.7.0 {shown} sent too many times")
-                        self.transport.close()
-                        break
-                    call_limits[command] = budget - 1
-                method = self._command_method(command)
-                if method is None:
-                    log.warning("%r unrecognised: %s", peer, command)
-                    bogus_budget -= 1
-                    if bogus_budget < 1:
-                        log.warning("%r too many bogus commands", peer)
-                        await self.push("502 5.5.1 Too many unrecognized commands, goodbye.")
-                        self.transport.close()
-                        break
-                    shown = _grammar.control_chars_to_question_marks(command)
-                    await self.push(f'500 Error: command "{shown}" not recognized')
-                    continue
-                # _reset_timeout(), inlined: this runs for every command.
-                self._last_activity = self.loop.time()
-                if self._timeout_handle is None:
-                    self._reset_timeout()
-                try:
-                    await method(arg)
-                except (asyncio.CancelledError, ConnectionResetError):
-                    raise
-                except Exception as error:
-                    if not await self._reply_to_exception(error):
-                        break
-        except (asyncio.CancelledError, ConnectionResetError) as error:
-            log.info(
-                "%r Connection lost during _handle_client()",
-                self.session.peer if self.session else None,
+                    arg = rest.decode("ascii")
+            except UnicodeDecodeError:
+                await self.push("500 Error: strict ASCII mode")
+                return True
+        if self.session.extended_smtp:
+            max_sz = self.command_size_limits[command]
+        else:
+            max_sz = self.command_size_limit
+        if len(line) > max_sz:
+            await self.push("500 Command line too long")
+            return True
+        if not self._tls_handshake_okay and command != "QUIT":
+            await self.push("554 Command refused due to lack of security")
+            return True
+        if (
+            self.require_starttls
+            and not self._tls_active
+            and command not in self._allowed_before_starttls()
+        ):
+            await self.push("530 Must issue a STARTTLS command first")
+            return True
+        call_limits = self._call_limits
+        if call_limits is not None:
+            budget = call_limits.get(command, self._call_limit_default)
+            if budget < 1:
+                log.warning("%r over limit for %s", peer, command)
+                # The verb may hold control bytes (even a bare CR): never echo them.
+                shown = _grammar.control_chars_to_question_marks(command)
+                await self.push(f"421 4.7.0 {shown} sent too many times")
+                self._close()
+                return False
+            call_limits[command] = budget - 1
+        method = self._command_method(command)
+        if method is None:
+            log.warning("%r unrecognised: %s", peer, command)
+            self._bogus_budget -= 1
+            if self._bogus_budget < 1:
+                log.warning("%r too many bogus commands", peer)
+                await self.push("502 5.5.1 Too many unrecognized commands, goodbye.")
+                self._close()
+                return False
+            shown = _grammar.control_chars_to_question_marks(command)
+            await self.push(f'500 Error: command "{shown}" not recognized')
+            return True
+        # _reset_timeout(), inlined: this runs for every command.
+        self._last_activity = self.loop.time()
+        if self._timeout_handle is None:
+            self._reset_timeout()
+        if self._driving and command in _TASK_COMMANDS:
+            await HOP
+        try:
+            await method(arg)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception as error:
+            return await self._reply_to_exception(error)
+        return True
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- Running commands inline (see _inline) --------------------------------------
+
+    def _pump(self) -> None:
+        """Answer the complete command lines in the buffer, inline."""
+        buf = self._buf
+        limit = self.line_length_limit
+        while self._idle:
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                self._idle = False
+                return
+            i = buf.find(b"\n", 0, limit + 1)
+            if i < 0:
+                if len(buf) > limit:
+                    # Too long: the Task's _readline drops it as it arrives.
+                    self._idle = False
+                    self._handler_coroutine = self.loop.create_task(self._continue())
+                return
+            line = bytes(buf[: i + 1])
+            del buf[: i + 1]
+            self._idle = False
+            self._drive(self._process_line(line))
+
+    def _drive(
+        self,
+        command: Coroutine[Any, Any, bool],
+        error: Optional[BaseException] = None,
+    ) -> None:
+        """Run ``command`` until it ends, waits for client bytes (it is
+        resumed by data_received) or must move into a Task."""
+        self._suspended = None
+        self._driving = True
+        try:
+            awaited = command.send(None) if error is None else command.throw(error)
+        except StopIteration as done:
+            self._idle = bool(done.value)
+            return
+        except (asyncio.CancelledError, ConnectionResetError):
+            self._lost_during_command()
+            return
+        except Exception:
+            # Only a bug gets here; the Task would have died with it too.
+            log.exception("%r SMTP session failed", self.session.peer if self.session else None)
+            self._close()
+            return
+        finally:
+            self._driving = False
+        if awaited is self._waiter:
+            self._suspended = command
+        else:
+            self._handler_coroutine = self.loop.create_task(
+                self._continue(Resume(command, awaited))
             )
-            if self.transport is not None:
-                self.transport.close()
+
+    async def _continue(self, first: Optional[Awaitable[bool]] = None) -> None:
+        """The connection's Task: finish ``first`` (opening the session, or a
+        command moved out of _drive), then serve the commands waiting."""
+        try:
+            if first is None or await first:
+                await self._serve_commands()
+        except (asyncio.CancelledError, ConnectionResetError) as error:
+            self._lost_during_command()
             if isinstance(error, asyncio.CancelledError):
                 raise
+
+    def _stop_commands(self) -> None:
+        """The client went away (EOF or lost): end whatever serves it."""
+        task = self._handler_coroutine
+        if task is not None and not task.done():
+            task.cancel()
+        elif self._suspended is not None:
+            self._drive(self._suspended, asyncio.CancelledError())
+        elif self._idle:
+            self._idle = False
+            self._lost_during_command()
 
     def _allowed_before_starttls(self) -> frozenset[str]:
         return ALLOWED_BEFORE_STARTTLS
@@ -698,6 +834,10 @@ class SMTP(
         return False
 
     # -- Commands -------------------------------------------------------------------------
+
+# Commands that always run in a Task: they call handler code throughout.
+_TASK_COMMANDS = frozenset({"AUTH", "STARTTLS"})
+
 
 def _describe_error(error: BaseException) -> str:
     try:

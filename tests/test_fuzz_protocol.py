@@ -77,19 +77,26 @@ class FuzzedSMTP(SMTP):
         super().data_received(data)
 
     def idle(self) -> bool:
-        """Waiting for client bytes, with nothing left in its send buffer."""
+        """Waiting for client bytes, with nothing left in its send buffer:
+        at the prompt with no command running (commands run inline), or a
+        command (inline or in a Task) waiting for more bytes."""
         waiter = self._waiter
         transport = self.transport
         return (
-            waiter is not None
-            and not waiter.done()
+            (self._idle or (waiter is not None and not waiter.done()))
             and transport is not None
             and transport.get_write_buffer_size() == 0  # type: ignore[attr-defined]
         )
 
     def finished(self) -> bool:
+        """Nothing serves the connection any more."""
         task = self._handler_coroutine
-        return task is not None and task.done()
+        return (
+            (task is None or task.done())
+            and not self._idle
+            and self._suspended is None
+            and (self.transport is None or self.transport.is_closing())
+        )
 
 
 # Server configurations; each state machine run picks one.

@@ -1,0 +1,84 @@
+"""Running command coroutines inline, without a Task per command.
+
+A Task per connection costs an event-loop iteration (a wake-up) for every
+command, and memory for every idle connection.  So ``SMTP`` answers a command
+right inside ``data_received``, driving the command's coroutine by hand: the
+built-in commands only ever wait for client bytes, and those arrive through
+``data_received`` too.  Before handler code runs, a command awaits :data:`HOP`
+and the rest of it moves into a Task (:class:`Resume`), so that handler code
+always runs in a Task, as it does upstream.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Coroutine, Generator
+from typing import Any, Optional
+
+
+class _Hop:
+    """Awaited by a command run inline just before it calls handler code."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield self
+
+
+HOP = _Hop()
+
+
+class Resume:
+    """Finish, inside a Task, a command coroutine started inline: pass the
+    Task what the command waits for, and return the command's result."""
+
+    __slots__ = ("_command", "_awaited")
+
+    def __init__(self, command: Coroutine[Any, Any, bool], awaited: Any) -> None:
+        self._command = command
+        self._awaited = awaited
+
+    def __await__(self) -> Generator[Any, Any, bool]:
+        command, awaited = self._command, self._awaited
+        while True:
+            error: Optional[BaseException] = None
+            if awaited is not HOP:
+                try:
+                    yield awaited
+                except BaseException as exc:  # the Task was cancelled
+                    error = exc
+            try:
+                awaited = command.send(None) if error is None else command.throw(error)
+            except StopIteration as done:
+                return bool(done.value)
+
+
+# The modules whose coroutine methods are known to wait only for client bytes
+# or to await HOP before handler code.
+_OWN_MODULES = frozenset({
+    "aiosmtpd.smtp", "aiosmtpd.lmtp", "aiosmtpd._session_commands",
+    "aiosmtpd._transaction", "aiosmtpd._auth", "aiosmtpd._starttls",
+})
+_inline_cache: dict[type, bool] = {}
+
+
+def runs_commands_inline(cls: type) -> bool:
+    """Whether instances of the ``SMTP`` class ``cls`` may run commands inline.
+
+    Not when a class outside aiosmtpd overrides or adds a coroutine method
+    (its code may need a Task, or wait for something else), or chooses the
+    command methods itself: such subclasses keep one Task per connection.
+    """
+    inline = _inline_cache.get(cls)
+    if inline is None:
+        inline = True
+        for klass in cls.__mro__:
+            module = klass.__module__
+            if module in _OWN_MODULES or module.startswith("asyncio") or klass is object:
+                continue
+            for name, value in vars(klass).items():
+                func = getattr(value, "__func__", value)
+                if name == "_command_method" or inspect.iscoroutinefunction(func):
+                    inline = False
+        _inline_cache[cls] = inline
+    return inline
