@@ -56,7 +56,7 @@ class Resume:
 # The modules whose coroutine methods are known to wait only for client bytes
 # or to await HOP before handler code.
 _OWN_MODULES = frozenset({
-    "aiosmtpd.smtp", "aiosmtpd.lmtp", "aiosmtpd._session_commands",
+    "aiosmtpd.smtp", "aiosmtpd.lmtp", "aiosmtpd._command_loop", "aiosmtpd._session_commands",
     "aiosmtpd._transaction", "aiosmtpd._auth", "aiosmtpd._starttls",
 })
 _inline_cache: dict[type, bool] = {}

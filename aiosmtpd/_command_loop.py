@@ -1,0 +1,362 @@
+"""The command loop of an ``SMTP`` connection: receive buffer, command
+lines, and where each command runs.
+
+Bytes land in one bytearray per connection (``data_received``).  A complete
+command line is answered right there, inline, when the class allows it (see
+``_inline``): its coroutine is driven by hand and only moves into a Task
+before handler code runs or when it must wait for something other than
+client bytes.  Otherwise, and for subclasses that override coroutine methods,
+the connection's Task reads the lines (``_serve_commands``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Coroutine
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+from aiosmtpd import _grammar
+from aiosmtpd._auth import sanitized_log
+from aiosmtpd._inline import HOP, Resume
+
+if TYPE_CHECKING:  # pragma: no cover
+    from aiosmtpd.smtp import Session
+
+log = logging.getLogger("mail.log")
+
+BOGUS_LIMIT = 5
+
+# Stop reading from a client whose unprocessed commands pile up past this.
+_MAX_COMMAND_BUFFER = 64 * 1024
+
+# Commands that always run in a Task: they call handler code throughout.
+_TASK_COMMANDS = frozenset({"AUTH", "STARTTLS"})
+
+
+class CommandLoopMixin:
+    """Receives the client's bytes and answers its command lines."""
+
+    if TYPE_CHECKING:  # pragma: no cover - provided by SMTP
+        loop: asyncio.AbstractEventLoop
+        transport: Optional[asyncio.BaseTransport]
+        session: Optional[Session]
+        hostname: str
+        enable_SMTPUTF8: bool
+        require_starttls: Any
+        command_size_limit: int
+        command_size_limits: Any
+        line_length_limit: int
+        __ident__: str
+        _buf: bytearray
+        _waiter: Optional[asyncio.Future[None]]
+        _reading_paused: bool
+        _in_data: bool
+        _handler_coroutine: Optional[asyncio.Task[None]]
+        _inline: bool
+        _idle: bool
+        _driving: bool
+        _suspended: Optional[Coroutine[Any, Any, bool]]
+        _call_limit_base: Optional[dict[str, int]]
+        _call_limit_default: int
+        _call_limits: Optional[dict[str, int]]
+        _bogus_budget: int
+        _tls_active: bool
+        _tls_handshake_okay: bool
+        _proxy_timeout: Optional[float]
+        _last_activity: float
+        _timeout_handle: Optional[asyncio.TimerHandle]
+
+        async def push(self, status: Union[str, bytes]) -> None: ...
+        async def _reply_to_exception(self, error: Exception) -> bool: ...
+        async def _accept_proxy_header(self) -> bool: ...
+        def _allowed_before_starttls(self) -> frozenset[str]: ...
+        def _reset_timeout(self) -> None: ...
+        def _command_method(
+            self, command: str
+        ) -> Optional[Callable[[Optional[str]], Awaitable[Any]]]: ...
+
+    # -- Receiving ---------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        if self._suspended is not None:
+            # A command run inline waits for these bytes (in DATA, say).
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            self._drive(self._suspended)
+            self._pump()
+            return
+        if self._idle:
+            self._pump()
+            return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if (
+            not self._in_data
+            and len(buf) > _MAX_COMMAND_BUFFER
+            and not self._reading_paused
+            and self.transport is not None
+        ):
+            # The client sends commands faster than we answer them.
+            self._reading_paused = True
+            self.transport.pause_reading()  # type: ignore[attr-defined]
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()  # type: ignore[attr-defined]
+
+    def _wait_for_data(self) -> asyncio.Future[None]:
+        """Return a future that completes when more data has arrived.
+
+        A plain function, not a coroutine: an idle connection waits here, and
+        one coroutine frame less is memory saved on every idle connection.
+        """
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("Connection lost")
+        if self._reading_paused:
+            self._resume_reading()
+        self._waiter = waiter = self.loop.create_future()
+        return waiter
+
+
+    # -- The command loop -----------------------------------------------------------
+
+    async def _readline(self) -> Optional[bytes]:
+        """Return the next LF-terminated line, or None if it was too long
+        (and has been discarded up to and including its LF)."""
+        buf = self._buf
+        limit = self.line_length_limit
+        while True:
+            i = buf.find(b"\n", 0, limit + 1)
+            if i >= 0:
+                line = bytes(buf[: i + 1])
+                del buf[: i + 1]
+                return line
+            if len(buf) > limit:
+                break
+            await self._wait_for_data()
+        # Over-long line: drop it, however long it is, without keeping it.
+        while True:
+            i = buf.find(b"\n")
+            if i >= 0:
+                del buf[: i + 1]
+                return None
+            buf.clear()
+            await self._wait_for_data()
+
+    async def _handle_client(self, greeted: bool = False) -> None:
+        await self._continue(self._open_session(greeted))
+
+    async def _open_session(self, greeted: bool) -> bool:
+        """Accept the PROXY header and greet, if not done yet; False closes."""
+        if self._proxy_timeout is not None and not await self._accept_proxy_header():
+            return False
+        if not greeted:
+            await self.push(f"220 {self.hostname} {self.__ident__}")
+        self._begin_commands()
+        return True
+
+    def _begin_commands(self) -> None:
+        """Start the per-connection command budgets, after the greeting."""
+        if self._call_limit_base is not None:
+            self._call_limits = dict(self._call_limit_base)
+        self._bogus_budget = BOGUS_LIMIT
+
+    def _lost_during_command(self) -> None:
+        log.info(
+            "%r Connection lost during _handle_client()",
+            self.session.peer if self.session else None,
+        )
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _serve_commands(self) -> None:
+        """Serve commands in the connection's Task.
+
+        When commands may run inline, the Task ends as soon as no complete
+        command line is waiting: ``data_received`` serves what follows.
+        """
+        buf = self._buf
+        while self.transport is not None and not self.transport.is_closing():
+            if self._inline:
+                limit = self.line_length_limit
+                if buf.find(b"\n", 0, limit + 1) < 0 and len(buf) <= limit:
+                    self._idle = True
+                    self._resume_reading()  # paused if commands piled up meanwhile
+                    return
+            line = await self._readline()
+            if not await self._process_line(line):
+                return
+
+    async def _process_line(self, line: Optional[bytes]) -> bool:
+        """Answer one command line; False ends the session."""
+        assert self.session is not None
+        peer = self.session.peer
+        if line is None:
+            await self.push("500 Command line too long")
+            return True
+        if log.isEnabledFor(logging.INFO):  # DEBUG implies INFO
+            if log.isEnabledFor(logging.DEBUG):
+                sanitized_log(log.debug, "_handle_client readline: %r", line)
+            line = line.rstrip(b"\r\n")
+            sanitized_log(log.info, "%r >> %r", peer, line)
+        else:
+            line = line.rstrip(b"\r\n")
+        if not line:
+            await self.push("500 Error: bad syntax")
+            return True
+        verb, sep, rest = line.partition(b" ")
+        try:
+            command = verb.upper().decode("ascii")
+        except UnicodeDecodeError:
+            await self.push("500 Error: bad syntax")
+            return True
+        arg: Optional[str] = None
+        if rest:
+            rest = rest.strip()
+            try:
+                if self.enable_SMTPUTF8:
+                    arg = rest.decode("utf-8", errors="surrogateescape")
+                else:
+                    arg = rest.decode("ascii")
+            except UnicodeDecodeError:
+                await self.push("500 Error: strict ASCII mode")
+                return True
+        if self.session.extended_smtp:
+            max_sz = self.command_size_limits[command]
+        else:
+            max_sz = self.command_size_limit
+        if len(line) > max_sz:
+            await self.push("500 Command line too long")
+            return True
+        if not self._tls_handshake_okay and command != "QUIT":
+            await self.push("554 Command refused due to lack of security")
+            return True
+        if (
+            self.require_starttls
+            and not self._tls_active
+            and command not in self._allowed_before_starttls()
+        ):
+            await self.push("530 Must issue a STARTTLS command first")
+            return True
+        call_limits = self._call_limits
+        if call_limits is not None:
+            budget = call_limits.get(command, self._call_limit_default)
+            if budget < 1:
+                log.warning("%r over limit for %s", peer, command)
+                # The verb may hold control bytes (even a bare CR): never echo them.
+                shown = _grammar.control_chars_to_question_marks(command)
+                await self.push(f"421 4.7.0 {shown} sent too many times")
+                self._close()
+                return False
+            call_limits[command] = budget - 1
+        method = self._command_method(command)
+        if method is None:
+            log.warning("%r unrecognised: %s", peer, command)
+            self._bogus_budget -= 1
+            if self._bogus_budget < 1:
+                log.warning("%r too many bogus commands", peer)
+                await self.push("502 5.5.1 Too many unrecognized commands, goodbye.")
+                self._close()
+                return False
+            shown = _grammar.control_chars_to_question_marks(command)
+            await self.push(f'500 Error: command "{shown}" not recognized')
+            return True
+        # _reset_timeout(), inlined: this runs for every command.
+        self._last_activity = self.loop.time()
+        if self._timeout_handle is None:
+            self._reset_timeout()
+        if self._driving and command in _TASK_COMMANDS:
+            await HOP
+        try:
+            await method(arg)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception as error:
+            return await self._reply_to_exception(error)
+        return True
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- Running commands inline (see _inline) --------------------------------------
+
+    def _pump(self) -> None:
+        """Answer the complete command lines in the buffer, inline."""
+        buf = self._buf
+        limit = self.line_length_limit
+        while self._idle:
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                self._idle = False
+                return
+            i = buf.find(b"\n", 0, limit + 1)
+            if i < 0:
+                if len(buf) > limit:
+                    # Too long: the Task's _readline drops it as it arrives.
+                    self._idle = False
+                    self._handler_coroutine = self.loop.create_task(self._continue())
+                return
+            line = bytes(buf[: i + 1])
+            del buf[: i + 1]
+            self._idle = False
+            self._drive(self._process_line(line))
+
+    def _drive(
+        self,
+        command: Coroutine[Any, Any, bool],
+        error: Optional[BaseException] = None,
+    ) -> None:
+        """Run ``command`` until it ends, waits for client bytes (it is
+        resumed by data_received) or must move into a Task."""
+        self._suspended = None
+        self._driving = True
+        try:
+            awaited = command.send(None) if error is None else command.throw(error)
+        except StopIteration as done:
+            self._idle = bool(done.value)
+            return
+        except (asyncio.CancelledError, ConnectionResetError):
+            self._lost_during_command()
+            return
+        except Exception:
+            # Only a bug gets here; the Task would have died with it too.
+            log.exception("%r SMTP session failed", self.session.peer if self.session else None)
+            self._close()
+            return
+        finally:
+            self._driving = False
+        if awaited is self._waiter:
+            self._suspended = command
+        else:
+            self._handler_coroutine = self.loop.create_task(
+                self._continue(Resume(command, awaited))
+            )
+
+    async def _continue(self, first: Optional[Awaitable[bool]] = None) -> None:
+        """The connection's Task: finish ``first`` (opening the session, or a
+        command moved out of _drive), then serve the commands waiting."""
+        try:
+            if first is None or await first:
+                await self._serve_commands()
+        except (asyncio.CancelledError, ConnectionResetError) as error:
+            self._lost_during_command()
+            if isinstance(error, asyncio.CancelledError):
+                raise
+
+    def _stop_commands(self) -> None:
+        """The client went away (EOF or lost): end whatever serves it."""
+        task = self._handler_coroutine
+        if task is not None and not task.done():
+            task.cancel()
+        elif self._suspended is not None:
+            self._drive(self._suspended, asyncio.CancelledError())
+        elif self._idle:
+            self._idle = False
+            self._lost_during_command()
