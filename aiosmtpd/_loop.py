@@ -14,6 +14,11 @@ def get_or_new_eventloop() -> asyncio.AbstractEventLoop:
     loop is set; turning warnings into errors lets us treat both the same way
     and never leak a DeprecationWarning to the caller.
     """
+    try:
+        # The common case, and cheap: every connection's SMTP() asks.
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         try:

@@ -159,6 +159,7 @@ class SMTP(
     StartTLSMixin,
     CommandLoopMixin,
     asyncio.StreamReaderProtocol,
+    asyncio.BufferedProtocol,
 ):
     """An asyncio protocol serving one SMTP connection."""
 

@@ -1,0 +1,101 @@
+"""The receive path: reads land in a reused buffer (asyncio.BufferedProtocol).
+
+What must hold for users: every byte arrives once and in order, whatever the
+read sizes, over plain TCP and TLS; a subclass that overrides
+``data_received`` still gets every byte, as ``bytes``; connections served by
+different threads (one Controller each) never see each other's bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import threading
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Sink
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from tests._server import Recorder, ServerFactory
+
+
+def big_message(fill: bytes, size: int) -> bytes:
+    line = fill * 76 + b"\r\n"
+    return b"Subject: big\r\n\r\n" + line * (size // len(line))
+
+
+def test_smtp_is_a_buffered_protocol() -> None:
+    assert isinstance(SMTP(Sink(), hostname="h"), asyncio.BufferedProtocol)
+    assert isinstance(SMTP(Sink(), hostname="h"), asyncio.StreamReaderProtocol)
+
+
+def test_message_larger_than_the_read_buffer_arrives_intact(start: ServerFactory) -> None:
+    handler = Recorder()
+    server = start(handler)
+    body = big_message(b"a", 3 * 1024 * 1024)
+    with server.smtplib() as client:
+        client.sendmail("a@example.com", ["b@example.com"], body)
+    assert handler.envelopes[0].content == body
+
+
+def test_subclass_data_received_sees_every_byte_as_bytes(start: ServerFactory) -> None:
+    seen: list[Any] = []
+
+    class Spy(SMTP):
+        def data_received(self, data: bytes) -> None:
+            seen.append(data)
+            super().data_received(data)
+
+    handler = Recorder()
+    server = start(handler, cls=Spy)
+    body = big_message(b"s", 600 * 1024)
+    with server.smtplib() as client:
+        client.sendmail("a@example.com", ["b@example.com"], body)
+    assert all(type(chunk) is bytes for chunk in seen)
+    received = b"".join(seen)
+    assert body in received
+    assert received.startswith(b"ehlo ") and received.endswith(b"QUIT\r\n")
+    assert handler.envelopes[0].content == body
+
+
+def test_threads_never_share_received_bytes() -> None:
+    """Two Controllers (two loop threads) receive large messages at once."""
+
+    class Keep:
+        def __init__(self) -> None:
+            self.contents: list[bytes] = []
+
+        async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+            assert isinstance(envelope.content, bytes)
+            self.contents.append(envelope.content)
+            return "250 OK"
+
+    handlers = [Keep(), Keep()]
+    controllers = [Controller(h, hostname="127.0.0.1", port=0) for h in handlers]
+    for c in controllers:
+        c.start()
+    bodies = [big_message(b"x", 2 * 1024 * 1024), big_message(b"y", 2 * 1024 * 1024)]
+    errors: list[BaseException] = []
+
+    def send(index: int) -> None:
+        try:
+            port = controllers[index].server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                for _ in range(3):
+                    client.sendmail("a@example.com", ["b@example.com"], bodies[index])
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        for c in controllers:
+            c.stop()
+    assert not errors
+    for handler, body in zip(handlers, bodies):
+        assert len(handler.contents) == 3
+        assert all(content == body for content in handler.contents)
