@@ -96,20 +96,26 @@ class DataReader:
     :meth:`feed` returns a number ``n``, the terminator ends at ``n`` and the
     caller should take the result (:attr:`content` / :attr:`error`) and
     delete ``buf[:n]``.
+
+    With ``keep=False`` nothing needs the content: lines are checked as they
+    arrive and then deleted from the buffer, so memory stays bounded by a
+    line or a read, whatever the message size; :attr:`content` stays None.
     """
 
-    __slots__ = ("size_limit", "line_limit", "error", "content", "_scanned",
+    __slots__ = ("size_limit", "line_limit", "keep", "error", "content", "_scanned",
                  "_dropped", "_checked")
 
-    def __init__(self, size_limit: Optional[int], line_limit: int) -> None:
+    def __init__(self, size_limit: Optional[int], line_limit: int, keep: bool = True) -> None:
         self.size_limit = size_limit or None
         self.line_limit = line_limit
+        self.keep = keep
         self.error: Optional[DataError] = None
         #: The raw (still dot-stuffed) content once the terminator is found.
         self.content: Optional[bytes] = None
         # Bytes of the buffer already searched for the terminator.
         self._scanned = 0
-        # Bytes deleted from the front of the buffer after an error.
+        # Bytes deleted from the front of the buffer: after an error, or
+        # checked lines when not keeping the content.
         self._dropped = 0
         # Start of the first line not yet checked for its length.
         self._checked = 0
@@ -124,13 +130,23 @@ class DataReader:
         self._scanned = len(buf)
         if self.error is None:
             self._check(buf, len(buf))
-        if self.error is not None and len(buf) > 4:
-            # Rejected already: keep only what may start the terminator.
-            drop = len(buf) - 4
-            del buf[:drop]
-            self._dropped += drop
-            self._scanned = 4
+        if self.error is not None:
+            if len(buf) > 4:
+                # Rejected already: keep only what may start the terminator.
+                self._drop(buf, len(buf) - 4)
+        elif not self.keep and self._checked > 2:
+            # Checked lines are not needed any more; the CRLF ending the last
+            # one is, as the start of a terminator.  (_check() never moves
+            # _checked past the size limit, so the line that crosses it, which
+            # decides the error, is always still here.)
+            self._drop(buf, self._checked - 2)
         return None
+
+    def _drop(self, buf: bytearray, count: int) -> None:
+        del buf[:count]
+        self._dropped += count
+        self._scanned = len(buf)
+        self._checked = max(self._checked - count, 0)
 
     def _check(self, buf: bytearray, end: int, final: bool = False) -> None:
         """Set :attr:`error` if the content ``buf[:end]`` breaks a limit.
@@ -146,6 +162,8 @@ class DataReader:
         ``line_limit >= 3`` (the terminator's length).
         """
         limit = self.size_limit
+        if limit is not None:
+            limit -= self._dropped  # in buffer offsets
         line_limit = self.line_limit
         if limit is not None and end > limit:
             # The line holding byte number ``limit`` is the one whose bytes
@@ -190,6 +208,6 @@ class DataReader:
     def _finish(self, buf: bytearray, content_end: int, consumed: int) -> int:
         if self.error is None:
             self._check(buf, content_end, final=True)
-            if self.error is None:
+            if self.error is None and self.keep:
                 self.content = bytes(memoryview(buf)[:content_end])
         return consumed

@@ -62,6 +62,11 @@ _OWN_MODULES = frozenset({
 _inline_cache: dict[type, bool] = {}
 
 
+def is_own(cls: type, name: str) -> bool:
+    """Whether ``cls.<name>`` is aiosmtpd's own rather than a subclass's."""
+    return getattr(getattr(cls, name, None), "__module__", None) in _OWN_MODULES
+
+
 def runs_commands_inline(cls: type) -> bool:
     """Whether instances of the ``SMTP`` class ``cls`` may run commands inline.
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd._framing import DataError, DataReader, has_bare_cr_or_lf, unstuff
 from aiosmtpd._hooks import MISSING, syntax
-from aiosmtpd._inline import HOP
+from aiosmtpd._inline import HOP, is_own
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import Envelope, Session
@@ -38,6 +38,7 @@ class TransactionMixin:
         _buf: bytearray
         _in_data: bool
         _driving: bool
+        _inline: bool
 
         async def push(self, status: Union[str, bytes]) -> None: ...
         async def check_helo_needed(self, helo: str = "HELO") -> bool: ...
@@ -188,7 +189,10 @@ class TransactionMixin:
         if reader.error is DataError.TOO_MUCH:
             await self._data_failed("552 Error: Too much mail data")
             return
-        assert reader.content is not None
+        if reader.content is None:
+            # Nothing can see the message (_message_unseen): only the verdict.
+            await self._deliver()
+            return
         if log.isEnabledFor(logging.DEBUG):
             for data_line in reader.content.splitlines(keepends=True):
                 log.debug("DATA readline: %s", data_line)
@@ -211,6 +215,22 @@ class TransactionMixin:
         self.envelope.content = content
         self.envelope.original_content = original_content
         await self._deliver()
+
+    def _message_unseen(self) -> bool:
+        """True when nothing can see the content of the message: no hook
+        reads it (a handler such as Sink), no check or log needs it, and no
+        subclass can reach it.  DATA then keeps none of it in memory."""
+        cls = type(self)
+        return (
+            "DATA" not in self._handle_hooks
+            and getattr(self.event_handler, "process_message", None) is None
+            and not self._decode_data
+            and not self._strict_line_endings
+            and self._inline
+            and is_own(cls, "_set_post_data_state")
+            and is_own(cls, "_create_envelope")
+            and not log.isEnabledFor(logging.DEBUG)
+        )
 
     async def _data_failed(self, status: str) -> None:
         """Reject received DATA: reset the transaction and reply (LMTP
@@ -250,7 +270,9 @@ class TransactionMixin:
     async def _read_data(self) -> DataReader:
         """Read DATA content up to the terminator, in as few steps as the
         network allows: each wake-up scans everything received so far."""
-        reader = DataReader(self.data_size_limit, self.line_length_limit)
+        reader = DataReader(
+            self.data_size_limit, self.line_length_limit, keep=not self._message_unseen()
+        )
         buf = self._buf
         self._in_data = True
         self._resume_reading()
@@ -259,14 +281,15 @@ class TransactionMixin:
             # restarted the timer for anything already buffered.
             seen = len(buf)
             while True:
+                size = len(buf)
                 consumed = reader.feed(buf)
                 if consumed is not None:
                     del buf[:consumed]
                     return reader
+                seen -= size - len(buf)  # feed() may drop bytes from the front
                 # Decision (smtp.md 7.5): a client that keeps completing
                 # lines is not idle.  Only a CRLF received since the last
-                # wake-up counts, and data already rejected earns no time
-                # (feed() only shrinks the buffer after rejecting).
+                # wake-up counts, and data already rejected earns no time.
                 if reader.error is None and buf.find(b"\r\n", max(0, seen - 1)) >= 0:
                     self._reset_timeout()
                 seen = len(buf)

@@ -84,10 +84,10 @@ def ref_bare(content: bytes) -> bool:
 
 
 def run_reader(
-    chunks: list[bytes], size_limit: Optional[int], line_limit: int
+    chunks: list[bytes], size_limit: Optional[int], line_limit: int, keep: bool = True
 ) -> tuple[Outcome, bytes]:
     """Feed chunks as a protocol would; return the outcome and what is left."""
-    reader = DataReader(size_limit, line_limit)
+    reader = DataReader(size_limit, line_limit, keep)
     buf = bytearray()
     for k, chunk in enumerate(chunks):
         buf += chunk
@@ -136,6 +136,41 @@ def test_reader_matches_reference_in_any_chunking(
     assert got == expected
     if expected is not None:
         assert rest == stream[expected[0] :]
+
+
+@settings(max_examples=600, deadline=None)
+@given(stream=streams, cuts=cut_lists, size_limit=size_limits, line_limit=line_limits)
+@example(stream=b"ab\r\n" * 5 + b"x" * 30 + b"\r\n.\r\n", cuts=[12, 17], size_limit=16,
+         line_limit=20)
+def test_reader_without_keeping_content_decides_the_same(
+    stream: bytes, cuts: list[int], size_limit: Optional[int], line_limit: int
+) -> None:
+    """keep=False drops checked lines as it goes: same outcome, no content."""
+    expected = ref_read(stream, size_limit, line_limit)
+    got, rest = run_reader(split(stream, cuts), size_limit, line_limit, keep=False)
+    if expected is None:
+        assert got is None
+    else:
+        assert got == (expected[0], expected[1], None)
+        assert rest == stream[expected[0] :]
+    byte_by_byte, _ = run_reader([bytes([b]) for b in stream], size_limit, line_limit, False)
+    assert byte_by_byte == got
+
+
+def test_reader_without_keeping_content_holds_little() -> None:
+    reader = DataReader(None, 1001, keep=False)
+    buf = bytearray()
+    chunk = b"0123456789" * 70 + b"\r\n"  # 702 bytes
+    most = 0
+    for _ in range(15_000):  # about 10 MiB
+        buf += chunk * 10
+        assert reader.feed(buf) is None
+        most = max(most, len(buf))
+    assert most < 2 * len(chunk) * 10
+    buf += b".\r\nQUIT\r\n"
+    n = reader.feed(buf)
+    assert n is not None and reader.error is None and reader.content is None
+    assert bytes(buf[n:]) == b"QUIT\r\n"
 
 
 @settings(max_examples=200, deadline=None)

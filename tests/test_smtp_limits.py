@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from aiosmtpd.handlers import Sink
 from aiosmtpd.smtp import SMTP
-from tests._server import HOSTNAME, ServerFactory
+from tests._server import HOSTNAME, Recorder, ServerFactory
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -293,19 +294,38 @@ def test_recognised_commands_keep_connection_alive(start: ServerFactory) -> None
             assert c.cmd("NOOP") == "250 OK"
 
 
+def start_data(c: Any) -> None:
+    c.cmd("HELO x")
+    c.cmd("MAIL FROM:<a@b>")
+    c.cmd("RCPT TO:<c@d>")
+    assert c.cmd("DATA") == "354 End data with <CR><LF>.<CR><LF>"
+
+
 def test_slow_data_lines_keep_connection_alive(start: ServerFactory) -> None:
     # Decision (smtp.md 7.5): each complete DATA line restarts the timer.
     srv = start(timeout=1.0)
     with srv.client() as c:
-        c.cmd("HELO x")
-        c.cmd("MAIL FROM:<a@b>")
-        c.cmd("RCPT TO:<c@d>")
-        assert c.cmd("DATA") == "354 End data with <CR><LF>.<CR><LF>"
+        start_data(c)
         for i in range(10):
             time.sleep(0.2)  # the scenario: 2 s of DATA, timeout 1 s
             c.send(b"line %d\r\n" % i)
         assert c.cmd(".") == "250 OK"
     assert srv.last.event_handler.envelopes[0].content.count(b"\r\n") == 10
+
+
+@pytest.mark.parametrize("handler", [Recorder(), Sink()], ids=["kept", "not-kept"])
+def test_slow_long_data_lines_keep_connection_alive(start: ServerFactory, handler: Any) -> None:
+    # Each line arrives in two parts; only its end restarts the timer, whether
+    # the server keeps the message (Recorder) or drops checked lines (Sink).
+    srv = start(handler, timeout=1.0)
+    with srv.client() as c:
+        start_data(c)
+        for i in range(5):
+            time.sleep(0.2)  # the scenario: 2 s of DATA, timeout 1 s
+            c.send(b"%d" % i + b"x" * 600)
+            time.sleep(0.2)
+            c.send(b"y" * 300 + b"\r\n")
+        assert c.cmd(".") == "250 OK"
 
 
 def test_timeout_during_data_without_lines(start: ServerFactory) -> None:

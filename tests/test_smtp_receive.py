@@ -99,3 +99,85 @@ def test_threads_never_share_received_bytes() -> None:
     for handler, body in zip(handlers, bodies):
         assert len(handler.contents) == 3
         assert all(content == body for content in handler.contents)
+
+
+# -- A message nothing can see is checked as it arrives, not kept ------------------
+
+
+class BufferWatch(SMTP):
+    """Notes the largest receive buffer (a sync override: commands stay inline)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.most = 0
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.most = max(self.most, len(self._buf))
+
+
+def test_sink_message_is_not_kept(start: ServerFactory) -> None:
+    server = start(Sink(), cls=BufferWatch, data_size_limit=None)
+    body = big_message(b"k", 8 * 1024 * 1024)
+    with server.smtplib() as client:
+        client.sendmail("a@example.com", ["b@example.com"], body)
+        assert client.noop() == (250, b"OK")
+    watch = server.last
+    assert isinstance(watch, BufferWatch)
+    assert watch.most < 1024 * 1024  # a few reads' worth, not the 8 MiB message
+
+
+def test_sink_still_enforces_the_limits(start: ServerFactory) -> None:
+    server = start(Sink(), data_size_limit=5000)
+    with server.client() as c:
+        c.multi("EHLO client")
+        for body, reply in [
+            ((b"x" * 80 + b"\r\n") * 100, "552 Error: Too much mail data"),
+            (b"y" * 2000 + b"\r\n", "500 Line too long (see RFC5321 4.5.3.1.6)"),
+            ((b"z" * 80 + b"\r\n") * 10, "250 OK"),
+        ]:
+            assert c.cmd("MAIL FROM:<a@example.com>") == "250 OK"
+            assert c.cmd("RCPT TO:<b@example.com>") == "250 OK"
+            assert c.cmd("DATA").startswith("354")
+            c.send(body)
+            assert c.cmd(".") == reply
+        assert c.cmd("NOOP") == "250 OK"
+
+
+def test_strict_line_endings_still_see_a_sink_message(start: ServerFactory) -> None:
+    server = start(Sink(), strict_line_endings=True)
+    with server.client() as c:
+        c.multi("EHLO client")
+        c.cmd("MAIL FROM:<a@example.com>")
+        c.cmd("RCPT TO:<b@example.com>")
+        c.cmd("DATA")
+        c.send(b"bare\nLF\r\n")
+        assert c.cmd(".") == "554 5.6.0 Error: bare CR or LF in message data"
+
+
+class KeepsEnvelopes(SMTP):
+    def _set_post_data_state(self) -> None:
+        self.last_envelope = self.envelope
+        super()._set_post_data_state()
+
+
+class HasData:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return "250 OK"
+
+
+class ProcessMessage:
+    def process_message(self, *args: Any) -> None:
+        return None
+
+
+def test_message_is_kept_whenever_something_can_see_it(lt: Any) -> None:
+    async def unseen(handler: Any, cls: type[SMTP] = SMTP, **kwargs: Any) -> bool:
+        return cls(handler, hostname="h", **kwargs)._message_unseen()
+
+    assert lt.run(unseen(Sink()))
+    assert not lt.run(unseen(HasData()))
+    assert not lt.run(unseen(ProcessMessage()))
+    assert not lt.run(unseen(Sink(), decode_data=True))
+    assert not lt.run(unseen(Sink(), strict_line_endings=True))
+    assert not lt.run(unseen(Sink(), cls=KeepsEnvelopes))
