@@ -183,7 +183,9 @@ def _start_smtp_sink() -> Server:
     raise LaunchError("smtp-sink did not start")
 
 
-def start(kind: str, tls: TLSFiles | None = None, profile: Path | None = None) -> Server:
+def start(
+    kind: str, tls: TLSFiles | None = None, profile: Path | None = None, handler: str = "sink"
+) -> Server:
     if kind == "smtp-sink":
         if tls is not None:
             raise LaunchError("smtp-sink has no STARTTLS")
@@ -193,6 +195,8 @@ def start(kind: str, tls: TLSFiles | None = None, profile: Path | None = None) -
         extra += ["--tls", str(tls.cert), str(tls.key)]
     if profile is not None:
         extra += ["--profile", str(profile)]
+    if handler != "sink":
+        extra += ["--handler", handler]
     if kind == "upstream":
         # -I: no PYTHONPATH, no user site, no script dir: nothing of the repo.
         argv = [str(ensure_upstream_python()), "-I", str(SERVER_SCRIPT), kind]

@@ -44,6 +44,9 @@ class Scenario:
     postfix_client: bool = True
     """smtp-source can drive it (no TLS, no idle hold)."""
     kinds: tuple[str, ...] = field(default=launch.KINDS)
+    handler: str = "sink"
+    """The aiosmtpd servers' handler: "sink" (Sink) or "hook" (a handle_DATA
+    that takes envelope.content and returns 250)."""
 
 
 def scenarios(quick: bool) -> list[Scenario]:
@@ -87,6 +90,23 @@ def scenarios(quick: bool) -> list[Scenario]:
                 # without the interpreter and imports.
                 Metric("rss_growth_mib", "peak RSS growth", "MiB", False),
             ),
+        ),
+        Scenario(
+            "large-hook",
+            f"as large, with a handler that has handle_DATA (so envelope.content is built "
+            f"and handed over): {n(8, 2)} messages of 10 MiB",
+            sessions=1,
+            messages=n(8, 2),
+            per_connection=0,
+            size=10 * MIB,
+            postfix_client=False,
+            metrics=(
+                Metric("mb_per_s", "MB/s", "MB/s", True),
+                Metric("peak_rss_mib", "peak RSS", "MiB", False),
+                Metric("rss_growth_mib", "peak RSS growth", "MiB", False),
+            ),
+            kinds=("project", "upstream"),
+            handler="hook",
         ),
         Scenario(
             "idle",
@@ -291,7 +311,7 @@ def run_one(
     started = time.perf_counter()
     result = RunResult(scenario.name, kind, rep, client="", ok=False)
     try:
-        server = launch.start(kind, tls if scenario.tls else None, profile)
+        server = launch.start(kind, tls if scenario.tls else None, profile, scenario.handler)
     except (launch.LaunchError, OSError) as exc:
         result.error = f"start: {exc}"
         return result

@@ -1,7 +1,7 @@
 """Run one benchmark server on a free loopback port until told to stop.
 
     python server.py {project,upstream,floor} [--tls CERT KEY] [--cpu N]
-                     [--profile OUT.pstats]
+                     [--profile OUT.pstats] [--handler {sink,hook}]
 
 Standalone on purpose (stdlib only, no import from the benchmarks package):
 the orchestrator runs it with the repo's interpreter for ``project`` and
@@ -125,12 +125,22 @@ class FloorProtocol(asyncio.Protocol):
         self._commands()
 
 
-def _aiosmtpd_factory(tls_context: ssl.SSLContext | None) -> tuple[Callable[[], Any], str]:
+class HookHandler:
+    """A handler with handle_DATA: the server builds envelope.content for it."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        assert isinstance(envelope.content, bytes)
+        return "250 OK"
+
+
+def _aiosmtpd_factory(
+    tls_context: ssl.SSLContext | None, handler_name: str
+) -> tuple[Callable[[], Any], str]:
     import aiosmtpd
     from aiosmtpd.handlers import Sink
     from aiosmtpd.smtp import SMTP
 
-    handler = Sink()
+    handler = HookHandler() if handler_name == "hook" else Sink()
 
     def factory() -> Any:
         # An explicit hostname keeps getfqdn() (a DNS look-up) out of the
@@ -146,7 +156,9 @@ def _aiosmtpd_factory(tls_context: ssl.SSLContext | None) -> tuple[Callable[[], 
     return factory, impl
 
 
-async def serve(kind: str, tls_context: ssl.SSLContext | None, profiler: Any = None) -> None:
+async def serve(
+    kind: str, tls_context: ssl.SSLContext | None, profiler: Any = None, handler: str = "sink"
+) -> None:
     loop = asyncio.get_running_loop()
     if kind == "floor":
 
@@ -156,7 +168,7 @@ async def serve(kind: str, tls_context: ssl.SSLContext | None, profiler: Any = N
         factory: Callable[[], Any] = floor_factory
         impl = "floor (benchmarks/server.py)"
     else:
-        factory, impl = _aiosmtpd_factory(tls_context)
+        factory, impl = _aiosmtpd_factory(tls_context, handler)
     # A deep backlog: the idle scenario opens thousands of connections.
     server = await loop.create_server(factory, "127.0.0.1", 0, backlog=4096)
     port = server.sockets[0].getsockname()[1]
@@ -191,6 +203,7 @@ def main() -> int:
     parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     parser.add_argument("--cpu", type=int, default=0, help="CPU to pin to (-1: none)")
     parser.add_argument("--profile", metavar="OUT.pstats")
+    parser.add_argument("--handler", choices=["sink", "hook"], default="sink")
     args = parser.parse_args()
 
     if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
@@ -208,7 +221,7 @@ def main() -> int:
         import cProfile
 
         profiler = cProfile.Profile()
-    asyncio.run(serve(args.kind, tls_context, profiler))
+    asyncio.run(serve(args.kind, tls_context, profiler, args.handler))
     if profiler is not None:
         import pstats
 
