@@ -40,6 +40,7 @@ def _read_buffer() -> memoryview:
         view = _thread_local.read_buffer = memoryview(bytearray(_READ_SIZE))
         return view
 
+
 # Stop reading from a client whose unprocessed commands pile up past this.
 _MAX_COMMAND_BUFFER = 64 * 1024
 
