@@ -45,6 +45,9 @@ class Resume:
             if awaited is not HOP:
                 try:
                     yield awaited
+                except GeneratorExit:  # closed with its Task: close the command too
+                    command.close()
+                    raise
                 except BaseException as exc:  # the Task was cancelled
                     error = exc
             try:

@@ -151,7 +151,6 @@ class _CommandSizeLimits(dict[str, int]):
         return self.default
 
 
-
 class SMTP(
     SessionCommandsMixin,
     TransactionMixin,

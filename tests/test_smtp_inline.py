@@ -232,3 +232,42 @@ def test_commands_before_eof_are_answered(start: ServerFactory) -> None:
         c.sock.shutdown(socket.SHUT_WR)
         assert [c.text(), c.text()] == ["250 OK", "221 Bye"]
         assert c.is_closed()
+
+
+def test_resume_hands_the_task_what_the_command_awaits() -> None:
+    """A command started by hand continues in a Task: it gets the results of
+    what it awaits, and the Task's cancellation."""
+    from aiosmtpd._inline import HOP, Resume
+
+    events: list[str] = []
+
+    async def command(fut: asyncio.Future[str]) -> bool:
+        await HOP
+        events.append(await fut)
+        try:
+            await asyncio.get_running_loop().create_future()  # never done
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+        return True
+
+    async def resumed(coro: Any, first: Any) -> bool:
+        return await Resume(coro, first)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[str] = loop.create_future()
+        coro = command(fut)
+        first = coro.send(None)  # what _drive() sees
+        assert first is HOP
+        task = loop.create_task(resumed(coro, first))
+        await asyncio.sleep(0)
+        fut.set_result("resumed")
+        for _ in range(3):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert events == ["resumed", "cancelled"]
