@@ -39,6 +39,7 @@ from aiosmtpd.controller import (
     get_localhost,
 )
 from aiosmtpd.handlers import Sink
+from aiosmtpd.main import DEFAULT_PORT
 from aiosmtpd.smtp import SMTP
 
 # A hang (the classic controller failure) must fail the test, not the run.
@@ -238,7 +239,7 @@ def unannotated(func: Any) -> str:
 
 def test_signatures() -> None:
     assert unannotated(Controller.__init__) == (
-        "(self, handler, hostname=None, port=8025, loop=None, **kwargs)"
+        f"(self, handler, hostname=None, port={DEFAULT_PORT}, loop=None, **kwargs)"
     )
     assert unannotated(UnixSocketController.__init__) == (
         "(self, handler, unix_socket, loop=None, **kwargs)"
@@ -382,7 +383,7 @@ def test_unix_hostname_keyword_is_the_greeting_name(track: Any) -> None:
 def test_inet_attributes(track: Any) -> None:
     default = track(Controller(Sink()))
     assert default.hostname == get_localhost()
-    assert default.port == 8025
+    assert default.port == DEFAULT_PORT  # never bound: the controller is not started
     assert track(Controller(Sink(), "")).hostname == ""
     positional = track(Controller(Sink(), "127.0.0.1", 2525))
     assert (positional.hostname, positional.port) == ("127.0.0.1", 2525)

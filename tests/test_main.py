@@ -23,7 +23,7 @@ import pytest
 from aiosmtpd import __version__
 from aiosmtpd import main as main_module
 from aiosmtpd.handlers import Debugging, Mailbox, Sink
-from aiosmtpd.main import parse_listen, parseargs
+from aiosmtpd.main import DEFAULT_PORT, parse_listen, parseargs
 
 REPO = Path(__file__).resolve().parent.parent
 PROG = main_module.PROGRAM
@@ -36,6 +36,8 @@ def test_module_surface() -> None:
 
     assert main_module.__all__ == ["main"]
     assert main_module.DATA_SIZE_DEFAULT == smtp.DATA_SIZE_DEFAULT == 33554432
+    # The spec's default listening port; the tests below only parse it, never bind it.
+    assert DEFAULT_PORT == 8025
 
 
 # ---------------------------------------------------------------- --listen
@@ -44,13 +46,13 @@ def test_module_surface() -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (None, ("localhost", 8025)),
+        (None, ("localhost", DEFAULT_PORT)),
         ("mx.example:2525", ("mx.example", 2525)),
-        ("mx.example", ("mx.example", 8025)),
+        ("mx.example", ("mx.example", DEFAULT_PORT)),
         (":2525", ("localhost", 2525)),
-        ("mx.example:", ("mx.example", 8025)),
-        (":", ("localhost", 8025)),
-        ("", ("", 8025)),
+        ("mx.example:", ("mx.example", DEFAULT_PORT)),
+        (":", ("localhost", DEFAULT_PORT)),
+        ("", ("", DEFAULT_PORT)),
         ("0.0.0.0:0", ("0.0.0.0", 0)),
         ("fe80::1:2525", ("fe80::1", 2525)),
         ("::1:2526", ("::1", 2526)),
@@ -58,15 +60,15 @@ def test_module_surface() -> None:
         ("mx.example:-1", ("mx.example", -1)),
         ("mx.example:99999", ("mx.example", 99999)),
         # Decided IPv6 forms (upstream got these wrong).
-        ("::1", ("::1", 8025)),
-        ("::", ("::", 8025)),
-        ("[::1]", ("::1", 8025)),
+        ("::1", ("::1", DEFAULT_PORT)),
+        ("::", ("::", DEFAULT_PORT)),
+        ("[::1]", ("::1", DEFAULT_PORT)),
         ("[::1]:2525", ("::1", 2525)),
-        ("[::1]:", ("::1", 8025)),
+        ("[::1]:", ("::1", DEFAULT_PORT)),
         ("[fe80::1%eth0]:25", ("fe80::1%eth0", 25)),
-        ("2001:db8::25", ("2001:db8::25", 8025)),
+        ("2001:db8::25", ("2001:db8::25", DEFAULT_PORT)),
         ("2001:db8:::25", ("2001:db8::", 25)),
-        ("::ffff:192.0.2.1", ("::ffff:192.0.2.1", 8025)),
+        ("::ffff:192.0.2.1", ("::ffff:192.0.2.1", DEFAULT_PORT)),
     ],
 )
 def test_parse_listen(value: str | None, expected: tuple[str, int]) -> None:
@@ -89,7 +91,7 @@ def test_parse_listen_bad_port(value: str, bad: str) -> None:
 def test_parseargs_defaults() -> None:
     _, args = parseargs([])
     assert isinstance(args.handler, Debugging)
-    assert (args.host, args.port) == ("localhost", 8025)
+    assert (args.host, args.port) == ("localhost", DEFAULT_PORT)
     assert args.setuid is True
     assert args.size is None
     assert args.smtputf8 is False
@@ -122,7 +124,7 @@ def test_parseargs_options(tmp_path: Path) -> None:
 
 def test_bare_listen_is_default() -> None:
     _, args = parseargs(["-l"])
-    assert (args.host, args.port) == ("localhost", 8025)
+    assert (args.host, args.port) == ("localhost", DEFAULT_PORT)
 
 
 def test_debugging_classargs() -> None:
