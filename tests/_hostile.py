@@ -32,6 +32,24 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 LONG = os.environ.get("AIOSMTPD_LONG", "") not in ("", "0")
 
+# Look-alikes of the end of DATA (CRLF . CRLF) used in SMTP smuggling: none
+# may end the data, whether the framing sees them alone or over a socket.
+SMUGGLING_ENDS = [
+    b"\n.\n",
+    b"\n.\r\n",
+    b"\r.\r",
+    b"\r.\r\n",
+    b"\r\n.\n",
+    b"\r\n.\r",
+    b"\n.\r",
+    b"\r.\n",
+    b"\r\n.\r\r\n",
+    b"\r\n.\n\r\n",
+    b"\r\n .\r\n",
+    b"\r\n..\r\n",
+    b"\r\n\x00.\r\n",
+]
+
 
 def scale(default: int, long: int, env: Optional[str] = None) -> int:
     """``default`` in the normal suite, ``long`` under AIOSMTPD_LONG=1; an

@@ -30,6 +30,18 @@ IO_TIMEOUT = 10.0
 T = TypeVar("T")
 
 
+def ipv6_loopback_works() -> bool:
+    """Whether this machine can listen on the IPv6 loopback address."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
 class LoopThread:
     """An asyncio loop running in a daemon thread."""
 

@@ -41,6 +41,7 @@ from aiosmtpd.controller import (
 from aiosmtpd.handlers import Sink
 from aiosmtpd.main import DEFAULT_PORT
 from aiosmtpd.smtp import SMTP
+from tests._server import ipv6_loopback_works
 
 # A hang (the classic controller failure) must fail the test, not the run.
 pytestmark = pytest.mark.timeout(30)
@@ -67,18 +68,7 @@ DEPRECATION = (
 )
 
 
-def ipv6_works() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not ipv6_works(), reason="IPv6 loopback unavailable")
+needs_ipv6 = pytest.mark.skipif(not ipv6_loopback_works(), reason="IPv6 loopback unavailable")
 
 
 # ----------------------------------------------------------------- fixtures
@@ -259,7 +249,7 @@ def test_signatures() -> None:
 
 
 def test_get_localhost_matches_the_stack() -> None:
-    assert get_localhost() == ("::1" if ipv6_works() else "127.0.0.1")
+    assert get_localhost() == ("::1" if ipv6_loopback_works() else "127.0.0.1")
 
 
 def test_get_localhost_without_ipv6_build(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,7 @@ from aiosmtpd._framing import (
     has_bare_cr_or_lf,
     unstuff,
 )
+from tests._hostile import SMUGGLING_ENDS
 
 Outcome = Optional[tuple[int, Optional[DataError], Optional[bytes]]]
 
@@ -201,24 +202,9 @@ def test_has_bare_cr_or_lf_matches_reference(content: bytes) -> None:
 
 # -- Explicit cases ------------------------------------------------------------------
 
-SMUGGLING = [
-    b"\n.\n",
-    b"\n.\r\n",
-    b"\r.\r",
-    b"\r.\r\n",
-    b"\r\n.\n",
-    b"\r\n.\r",
-    b"\n.\r",
-    b"\r.\n",
-    b"\r\n.\r\r\n",
-    b"\r\n.\n\r\n",
-    b"\r\n .\r\n",
-    b"\r\n..\r\n",
-    b"\r\n\x00.\r\n",
-]
 
 
-@pytest.mark.parametrize("fake_end", SMUGGLING, ids=repr)
+@pytest.mark.parametrize("fake_end", SMUGGLING_ENDS, ids=repr)
 def test_smuggling_end_of_data_variants_do_not_end_data(fake_end: bytes) -> None:
     smuggled = b"MAIL FROM:<evil@example.com>\r\n"
     stream = b"Subject: hi\r\n\r\nbody" + fake_end + smuggled + b"\r\n.\r\n"

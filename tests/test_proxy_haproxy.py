@@ -24,6 +24,7 @@ from typing import Any, Callable, TypeVar
 import pytest
 
 from aiosmtpd.proxy_protocol import AF, PROTO, ProxyData, ProxyTLV, get_proxy
+from tests._server import ipv6_loopback_works
 
 HAPROXY = shutil.which("haproxy")
 
@@ -36,20 +37,9 @@ pytestmark = [
 T = TypeVar("T")
 
 
-def _ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 HOSTS = [pytest.param("127.0.0.1", id="ipv4"), pytest.param(
     "::1", id="ipv6",
-    marks=pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback"))]
+    marks=pytest.mark.skipif(not ipv6_loopback_works(), reason="no IPv6 loopback"))]
 
 
 def run(coro: Awaitable[T]) -> T:

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from tests._hostile import SMUGGLING_ENDS
 from tests._server import (
     LoopThread,
     RawClient,
@@ -108,19 +109,9 @@ def test_unstuffing_removes_one_dot_per_line(server: Any) -> None:
     assert delivered(server)[0].content == b".\r\n..x\r\ny\r\nz.\r\n"
 
 
-SMUGGLING = [
-    b"\n.\n",
-    b"\n.\r\n",
-    b"\r.\r",
-    b"\r.\r\n",
-    b"\r\n.\n",
-    b"\r\n.\r",
-    b"\n.\r",
-    b"\r.\n",
-]
 
 
-@pytest.mark.parametrize("fake_end", SMUGGLING, ids=repr)
+@pytest.mark.parametrize("fake_end", SMUGGLING_ENDS, ids=repr)
 def test_smuggled_end_of_data_is_content(server: Any, fake_end: bytes) -> None:
     smuggled = b"MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.com>\r\n"
     with server.client() as c:
