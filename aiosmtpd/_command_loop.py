@@ -146,8 +146,8 @@ class CommandLoopMixin:
     def _wait_for_data(self) -> asyncio.Future[None]:
         """Return a future that completes when more data has arrived.
 
-        A plain function, not a coroutine: an idle connection waits here, and
-        one coroutine frame less is memory saved on every idle connection.
+        A plain function, not a coroutine: a connection waiting here (in
+        DATA, say) keeps one coroutine frame less in memory.
         """
         if self.transport is None or self.transport.is_closing():
             raise ConnectionResetError("Connection lost")
@@ -155,7 +155,6 @@ class CommandLoopMixin:
             self._resume_reading()
         self._waiter = waiter = self.loop.create_future()
         return waiter
-
 
     # -- The command loop -----------------------------------------------------------
 
