@@ -160,7 +160,8 @@ class AuthMixin:
         envelope: Optional[Envelope]
         AuthLoginUsernameChallenge: str
         AuthLoginPasswordChallenge: str
-        _tls_active: bool
+        @property
+        def _tls_active(self) -> bool: ...
 
         async def push(self, status: Union[str, bytes]) -> None: ...
         async def _readline(self) -> Optional[bytes]: ...

@@ -75,7 +75,8 @@ class CommandLoopMixin:
         _call_limit_default: int
         _call_limits: Optional[dict[str, int]]
         _bogus_budget: int
-        _tls_active: bool
+        @property
+        def _tls_active(self) -> bool: ...
         _tls_handshake_okay: bool
         _proxy_timeout: Optional[float]
         _last_activity: float
@@ -181,7 +182,17 @@ class CommandLoopMixin:
             buf.clear()
             await self._wait_for_data()
 
-    async def _handle_client(self, greeted: bool = False) -> None:
+    async def _handle_client(self) -> None:
+        """Serve the connection: the PROXY header, the greeting, the commands.
+
+        This is the coroutine upstream ran as the connection's Task, and code
+        written for it overrides or patches it to choose what the client sees
+        first; ``connection_made`` then runs the override in a Task instead of
+        greeting by itself.
+        """
+        await self._serve_session(greeted=False)
+
+    async def _serve_session(self, greeted: bool) -> None:
         await self._continue(self._open_session(greeted))
 
     async def _open_session(self, greeted: bool) -> bool:

@@ -34,7 +34,8 @@ class SessionCommandsMixin:
         command_size_limits: Any
         local_part_limit: int
         _decode_data: bool
-        _tls_active: bool
+        @property
+        def _tls_active(self) -> bool: ...
         _ehlo_hook_ver: Optional[str]
         _smtp_commands: frozenset[str]
         _auth_methods: dict[str, tuple[str, bool]]

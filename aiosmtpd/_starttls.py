@@ -25,6 +25,15 @@ def tls_info(transport: asyncio.BaseTransport) -> dict[str, Any]:
     }
 
 
+def tls_protocol_of(transport: asyncio.BaseTransport) -> Any:
+    """The TLS layer under a TLS transport: what ``SMTP._tls_protocol`` holds.
+
+    asyncio does not name it publicly; when it cannot be found the
+    ``ssl.SSLObject`` stands in (any non-None value means "TLS is on").
+    """
+    return getattr(transport, "_ssl_protocol", None) or transport.get_extra_info("ssl_object")
+
+
 class StartTLSMixin:
     """The STARTTLS command of an ``SMTP`` connection."""
 
@@ -36,15 +45,14 @@ class StartTLSMixin:
         tls_context: Optional[ssl.SSLContext]
         _buf: bytearray
         _reading_paused: bool
-        _tls_active: bool
+        @property
+        def _tls_active(self) -> bool: ...
+        _tls_protocol: Any
         _tls_handshake_okay: bool
-        _original_transport: Optional[asyncio.BaseTransport]
         _handle_hooks: dict[str, Callable[..., Any]]
 
         async def push(self, status: Union[str, bytes]) -> None: ...
-        def _set_rset_state(self) -> None: ...
-        def _create_session(self) -> Session: ...
-        def _reset_timeout(self) -> None: ...
+        def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
 
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: Optional[str]) -> None:
@@ -90,16 +98,11 @@ class StartTLSMixin:
             # the handshake; from here on pausing goes through tls_transport.
             self._reading_paused = False
             transport.resume_reading()  # type: ignore[attr-defined]
-        self._original_transport = transport
-        self.transport = tls_transport
-        self._tls_active = True
-        old_session = self.session
-        self._set_rset_state()
-        self.session = self._create_session()
-        self.session.peer = tls_transport.get_extra_info("peername")
-        self.session.proxy_data = old_session.proxy_data
-        self.session.ssl = tls_info(tls_transport)
-        self._reset_timeout()
+        # The TLS layer under tls_transport: upstream's _tls_protocol.
+        self._tls_protocol = transport.get_protocol()
+        # As upstream's TLS layer did: connection_made() again, with the TLS
+        # transport; it recognises the second call and resets the session.
+        self.connection_made(tls_transport)
         hook = self._handle_hooks.get("STARTTLS")
         if hook is not None:
             verdict = hook(self, self.session, self.envelope)

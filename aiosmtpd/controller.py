@@ -195,6 +195,9 @@ class BaseController(metaclass=ABCMeta):
 
     server: asyncio.Server | None = None
     smtpd: SMTP | None = None
+    #: The awaitable from _create_server() that opened ``server``, kept while
+    #: the listener is open, as upstream did.
+    server_coro: Awaitable[asyncio.Server] | None = None
     # Only where no start() probe exists to surface factory() errors.
     _log_factory_errors: ClassVar[bool] = False
 
@@ -280,6 +283,7 @@ class BaseController(metaclass=ABCMeta):
 
     def _cleanup(self) -> None:
         self.server = None
+        self.server_coro = None
         self.smtpd = None
         self._thread_exception = None
         self._factory_invoked.clear()
@@ -328,7 +332,8 @@ class BaseThreadedController(BaseController, metaclass=ABCMeta):
         # The SMTP constructor picks up the thread's current loop.
         asyncio.set_event_loop(loop)
         try:
-            self.server = _run_to_completion(loop, self._create_server())
+            self.server_coro = self._create_server()
+            self.server = _run_to_completion(loop, self.server_coro)
         except Exception as error:
             self._thread_exception = error
             try:
@@ -471,7 +476,8 @@ class BaseUnthreadedController(BaseController, metaclass=ABCMeta):
         # let ``call_soon_threadsafe(end); ended.wait()`` return too early.
         self.ended.clear()
         asyncio.set_event_loop(self.loop)
-        self.server = _run_to_completion(self.loop, self._create_server())
+        self.server_coro = self._create_server()
+        self.server = _run_to_completion(self.loop, self.server_coro)
 
     async def finalize(self) -> None:
         """Close the listener and set ``ended``.

@@ -53,11 +53,18 @@ from aiosmtpd._discovery import (
     names_with_prefix,
 )
 from aiosmtpd._hooks import MISSING, syntax
+from aiosmtpd._hooks import _Missing as _Missing
 from aiosmtpd._inline import HOP, runs_commands_inline
 from aiosmtpd._loop import get_or_new_eventloop
 from aiosmtpd._session_commands import SessionCommandsMixin
-from aiosmtpd._starttls import StartTLSMixin, TLSSetupException, tls_info
+from aiosmtpd._starttls import StartTLSMixin, TLSSetupException, tls_info, tls_protocol_of
+from aiosmtpd._streams import StreamReaderView, StreamWriterView
 from aiosmtpd._transaction import TransactionMixin
+
+# Upstream's module also offered these; code written for it imports them from
+# here (docs/smtp.rst, "Upstream internals").
+from aiosmtpd.proxy_protocol import ProxyData as ProxyData
+from aiosmtpd.proxy_protocol import get_proxy as get_proxy
 
 __all__ = [
     "AuthCallbackType",
@@ -82,6 +89,18 @@ DATA_SIZE_DEFAULT = 2**25
 ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "STARTTLS", "QUIT"})
 
 log = logging.getLogger("mail.log")
+
+EMPTYBYTES = b""
+EMPTY_BARR = bytearray()
+
+
+def make_loop() -> asyncio.AbstractEventLoop:
+    """This thread's event loop, created and installed if there is none."""
+    return get_or_new_eventloop()
+
+
+def is_int(o: Any) -> bool:
+    return isinstance(o, int)
 
 
 class Session:
@@ -172,7 +191,8 @@ class SMTP(
         "_timeout_handle", "_last_activity", "_proxy_timeout", "_handle_hooks",
         "_ehlo_hook_ver", "_call_limit_base", "_call_limit_default", "_smtp_commands",
         "_buf", "_waiter", "_reading_paused", "_in_data", "_handler_coroutine",
-        "_original_transport", "_tls_active", "_tls_handshake_okay",
+        "_original_transport", "_tls_protocol", "_tls_handshake_okay",
+        "_reader_view", "_writer_view",
         "_auth_required", "_auth_require_tls", "_authenticator", "_auth_callback",
         "_auth_methods", "_inline", "_idle", "_driving", "_suspended", "_call_limits",
         "_bogus_budget",
@@ -320,9 +340,13 @@ class SMTP(
         self._call_limits: Optional[dict[str, int]] = None
         self._bogus_budget = BOGUS_LIMIT
         self._original_transport: Optional[asyncio.BaseTransport] = None
-        # True once the connection is encrypted (STARTTLS done, or implicit TLS).
-        self._tls_active = False
+        # The TLS layer once the connection is encrypted (STARTTLS or implicit
+        # TLS); code written for upstream reads it to know whether TLS is on.
+        self._tls_protocol: Any = None
         self._tls_handshake_okay = True
+        # Made on first use (see the _reader and _writer properties).
+        self._reader_view: Optional[StreamReaderView] = None
+        self._writer_view: Optional[StreamWriterView] = None
 
     # -- Overridable factories and helpers used by subclasses ------------------
 
@@ -377,17 +401,28 @@ class SMTP(
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if self.transport is not None:
+            # Called again by STARTTLS with the TLS transport, as upstream did
+            # (code that counts connections sees two calls).
+            self._tls_established(transport)
+            return
         self._set_rset_state()
         self.session = self._create_session()
         self.session.peer = transport.get_extra_info("peername")
         self._reset_timeout()
         self.transport = transport
         log.info("Peer: %r", self.session.peer)
-        # Implicit TLS (SMTPS): the transport is already encrypted (auth-tls 10).
+        # Implicit TLS (SMTPS): the transport is already encrypted, and the
+        # session counts as TLS (CHANGES.rst, "Implicit TLS").
         if transport.get_extra_info("ssl_object") is not None:
-            self._tls_active = True
+            self._tls_protocol = tls_protocol_of(transport)
             self.session.ssl = tls_info(transport)
         log.info("%r handling connection", self.session.peer)
+        if not _serves_itself(self):
+            # A subclass (or a test's patch) took over _handle_client(): it
+            # decides what the client sees first, as it could upstream.
+            self._handler_coroutine = self.loop.create_task(self._handle_client())
+            return
         # Without PROXY the greeting goes out now rather than one loop
         # iteration later from the task: a client waits for nothing else.
         greeted = self._proxy_timeout is None and self._greet(transport)
@@ -396,7 +431,25 @@ class SMTP(
             self._begin_commands()
             self._idle = True
         else:
-            self._handler_coroutine = self.loop.create_task(self._handle_client(greeted))
+            self._handler_coroutine = self.loop.create_task(self._serve_session(greeted))
+
+    def _tls_established(self, transport: asyncio.BaseTransport) -> None:
+        """STARTTLS is done: the RFC 3207 reset, on the TLS transport."""
+        assert self.session is not None
+        self._original_transport = self.transport
+        self.transport = transport
+        for view in (self._reader_view, self._writer_view):
+            if view is not None:
+                view._transport = transport
+        if self._tls_protocol is None:
+            self._tls_protocol = tls_protocol_of(transport)
+        old_session = self.session
+        self._set_rset_state()
+        self.session = self._create_session()
+        self.session.peer = transport.get_extra_info("peername")
+        self.session.proxy_data = old_session.proxy_data
+        self.session.ssl = tls_info(transport)
+        self._reset_timeout()
 
     def _greet(self, transport: asyncio.BaseTransport) -> bool:
         try:
@@ -422,6 +475,8 @@ class SMTP(
 
     def eof_received(self) -> Optional[bool]:
         log.info("%r EOF received", self.session.peer if self.session else None)
+        if self._reader_view is not None:
+            self._reader_view.feed_eof()
         self._stop_commands()
         if self.session is not None and self.session.ssl is not None:
             return False
@@ -478,7 +533,56 @@ class SMTP(
             for line in lines or (data,):
                 log.debug("%r << %r", self.session.peer if self.session else None, line)
         if self._paused:  # type: ignore[attr-defined]
-            await self._drain_helper()  # type: ignore[attr-defined]
+            await self._drain()
+
+    async def _drain(self) -> None:
+        """Wait while the transport's write buffer is over its high mark."""
+        await self._drain_helper()  # type: ignore[attr-defined]
+
+    async def _wait_closed(self) -> None:
+        """Wait until the connection is lost."""
+        await asyncio.shield(self._get_close_waiter(self))  # type: ignore[attr-defined]
+
+    # -- Upstream's internals that code written for it uses -------------------------
+
+    @property
+    def _tls_active(self) -> bool:
+        """Whether the connection is encrypted.
+
+        Derived from ``_tls_protocol`` so that a subclass that performs its
+        own STARTTLS and sets ``_tls_protocol``, as code written for upstream
+        does, counts as TLS.
+        """
+        return self._tls_protocol is not None
+
+    @property
+    def _reader(self) -> StreamReaderView:
+        """The client's bytes as an ``asyncio.StreamReader``-like stream."""
+        view = self._reader_view
+        if view is None:
+            view = self._reader_view = StreamReaderView(self)
+        return view
+
+    @_reader.setter
+    def _reader(self, view: StreamReaderView) -> None:
+        self._reader_view = view
+
+    @property
+    def _writer(self) -> StreamWriterView:
+        """The connection's transport as an ``asyncio.StreamWriter``-like stream."""
+        view = self._writer_view
+        if view is None:
+            view = self._writer_view = StreamWriterView(self)
+        return view
+
+    @_writer.setter
+    def _writer(self, view: StreamWriterView) -> None:
+        self._writer_view = view
+
+    def _wake_reader(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _push_lines(self, lines: Sequence[Union[str, bytes]]) -> None:
         """Push several reply lines with one transport write: a multi-line
@@ -551,6 +655,18 @@ class SMTP(
         return False
 
     # -- Commands -------------------------------------------------------------------------
+
+_OWN_HANDLE_CLIENT = SMTP._handle_client
+
+
+def _serves_itself(server: SMTP) -> bool:
+    """Whether ``server`` runs our own ``_handle_client`` (not a subclass's
+    override or a test's patch of it)."""
+    return (
+        type(server)._handle_client is _OWN_HANDLE_CLIENT
+        and "_handle_client" not in server.__dict__
+    )
+
 
 def _describe_error(error: BaseException) -> str:
     try:

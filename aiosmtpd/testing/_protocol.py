@@ -51,6 +51,10 @@ class RecordingSMTP(SMTP):
             self._recorder.add(self._connection, peer, direction, text)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is not None:
+            # Called again after STARTTLS: the same connection, now encrypted.
+            super().connection_made(transport)
+            return
         if self._recorder is not None:
             self._connection = self._recorder.new_connection()
         super().connection_made(transport)
@@ -114,18 +118,14 @@ class RecordingSMTP(SMTP):
             return None
         return self._plan.take(point, argument)
 
-    def _greet(self, transport: asyncio.BaseTransport) -> bool:
-        if self._recorder is not None:
-            # Leave the greeting to _handle_client(): through push() it gets
-            # recorded, and a CONNECT fault can delay or replace it.
-            return False
-        return bool(super()._greet(transport))
-
-    async def _handle_client(self, *args: Any, **kwargs: Any) -> None:
+    async def _handle_client(self) -> None:
+        # Overriding it makes connection_made() leave the greeting to it:
+        # through push() it gets recorded, and a CONNECT fault can delay or
+        # replace it.
         fault = self._take(CONNECT, "")
         if fault is not None and await self._apply(fault):
             return
-        await super()._handle_client(*args, **kwargs)
+        await super()._handle_client()
 
     def _command_method(self, command: str) -> Optional[CommandMethod]:
         method = super()._command_method(command)
