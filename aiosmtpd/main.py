@@ -291,6 +291,42 @@ def _configure_logging(debug: int, loop: asyncio.AbstractEventLoop) -> None:
         loop.set_debug(True)
 
 
+def _run(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any]) -> bool:
+    """Run ``loop`` until ``fut`` is done; return whether it is.
+
+    Unlike ``run_until_complete``, a stopped loop is not an error: this
+    returns ``False`` when a callback called ``loop.stop()`` (code embedding
+    ``main()`` may do that) or raised ``KeyboardInterrupt`` before ``fut``
+    was done.
+    """
+    if fut.done():
+        return True
+    active = True
+
+    def done(_: object) -> None:
+        # Guarded: if fut completes in the same loop pass as someone else's
+        # loop.stop(), this call is still queued and must not stop a later run.
+        if active:
+            loop.stop()
+
+    fut.add_done_callback(done)
+    try:
+        loop.run_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        active = False
+        fut.remove_done_callback(done)
+    return fut.done()
+
+
+def _complete(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any]) -> Any:
+    """Run ``loop`` until ``fut`` is done whatever stops the loop meanwhile."""
+    while not _run(loop, fut):
+        pass
+    return fut.result()
+
+
 def _shutdown(
     loop: asyncio.AbstractEventLoop,
     server: asyncio.Server,
@@ -306,12 +342,12 @@ def _shutdown(
             transport.abort()
         elif transport is not None:
             transport.close()
-    loop.run_until_complete(server.wait_closed())
+    _complete(loop, asyncio.ensure_future(server.wait_closed(), loop=loop))
     pending = asyncio.all_tasks(loop)
     for task in pending:
         task.cancel()
     if pending:
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        _complete(loop, asyncio.gather(*pending, return_exceptions=True))
     loop.close()
 
 
@@ -341,8 +377,11 @@ def main(args: Optional[Sequence[str]] = None) -> None:
         sessions.add(protocol)
         return protocol
 
-    # A future rather than loop.stop(): a Ctrl-C arriving while the socket
-    # is being bound then still ends the program cleanly.
+    # The loop is stopped by SIGINT (through this future), by a
+    # KeyboardInterrupt out of a callback, or by loop.stop() from code that
+    # embeds main(); whichever comes first, the listener is closed and the
+    # loop closed before main() returns. A stop while the socket is being
+    # bound lets the bind finish, then shuts down at once.
     stop: asyncio.Future[None] = loop.create_future()
 
     def request_stop() -> None:
@@ -355,9 +394,13 @@ def main(args: Optional[Sequence[str]] = None) -> None:
         loop.add_signal_handler(signal.SIGINT, request_stop)
 
     log.debug("Attempting to start server on %s:%s", parsed.host, parsed.port)
-    server = loop.run_until_complete(
-        loop.create_server(factory, host=parsed.host, port=parsed.port, ssl=smtps_context)
+    binding = asyncio.ensure_future(
+        loop.create_server(factory, host=parsed.host, port=parsed.port, ssl=smtps_context),
+        loop=loop,
     )
+    if not _run(loop, binding):
+        request_stop()
+    server: asyncio.Server = _complete(loop, binding)
     if nobody is not None:
         _preload()
         _drop_privileges(nobody)
@@ -365,6 +408,5 @@ def main(args: Optional[Sequence[str]] = None) -> None:
     log.info("Server is listening on %s:%s", parsed.host, parsed.port)
 
     log.debug("Starting asyncio loop")
-    with suppress(KeyboardInterrupt):
-        loop.run_until_complete(stop)
+    _run(loop, stop)
     _shutdown(loop, server, sessions)

@@ -39,11 +39,14 @@ I/O.  Two entry points sit on top of it:
 
 :func:`get_proxy` is the thin coroutine over an :class:`AsyncReader` (such
 as ``asyncio.StreamReader``) required by the spec: it reads at most ``need``
-bytes at a time, so it never reads past the header.
+bytes at a time, so it never reads past the header.  When the stream ends
+inside a v1 line it asks the reader's ``readuntil()``, whose answer (raise,
+or return the cut line) decides the error, as in 1.4.6.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import struct
@@ -551,9 +554,32 @@ async def get_proxy(reader: AsyncReader) -> ProxyData:
                 return scan.data
             chunk = await reader.read(scan.need)
             if not chunk:
-                final = scan_proxy_header(buf, eof=True).data
-                assert final is not None
-                return final
+                return await _ended(reader, buf)
             buf += chunk
     except Exception as exc:  # reader failures are invalid results too
         return _exception(str(exc))
+
+
+async def _ended(reader: AsyncReader, buf: bytearray) -> ProxyData:
+    """The stream ended inside the header (``read()`` returned nothing).
+
+    Inside a v1 line, the reader's own ``readuntil()`` decides what a line
+    cut by the end of the stream is, as it did in 1.4.6 (CHANGES.rst, PROXY
+    protocol): a reader that raises (``asyncio.StreamReader`` raises
+    ``IncompleteReadError``) gives the ``PROXY exception: ...`` result; a
+    reader that returns what it has gives the verdict on those bytes, which
+    lack the final CRLF: ``PROXYv1 malformed``.
+    """
+    if buf.startswith(_V1_MAGIC):
+        try:
+            buf += await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            buf += exc.partial
+        else:
+            scan = scan_proxy_header(buf)
+            if scan.data is not None:
+                return scan.data
+            return _parse_v1(bytes(buf))  # no LF: the CRLF check rejects it
+    final = scan_proxy_header(buf, eof=True).data
+    assert final is not None
+    return final

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -679,6 +679,121 @@ def test_main_in_process() -> None:
     assert returned[0] is None
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=30).close()
+
+
+# ------------------------------------------------- embedded main(): how the loop stops
+#
+# Code that embeds main() makes its own loop current and may stop it with
+# loop.stop() or a KeyboardInterrupt from a callback; main() must then return,
+# with the listener and the loop closed, so that the port can be bound again.
+
+
+async def greeting_line(port: int) -> bytes:
+    """Connect as soon as the server listens; return its greeting line."""
+    while True:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except ConnectionRefusedError:
+            await asyncio.sleep(0.01)  # polling interval, not synchronisation
+            continue
+        try:
+            return await reader.readline()
+        finally:
+            writer.close()
+
+
+def interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_loop(loop: asyncio.AbstractEventLoop) -> None:
+    loop.stop()
+
+
+def stop_once_greeted(port: int, then: Callable[[asyncio.AbstractEventLoop], None]) -> Any:
+    """Schedule: wait for the greeting, record it, then call ``then(loop)``."""
+    greeted: list[bytes] = []
+
+    def prepare(loop: asyncio.AbstractEventLoop) -> None:
+        async def probe() -> None:
+            greeted.append(await greeting_line(port))
+            then(loop)
+
+        loop.create_task(probe())
+
+    return greeted, prepare
+
+
+def embedded_main(port: int, prepare: Callable[[asyncio.AbstractEventLoop], None]) -> bool:
+    """main() on a new current loop readied by ``prepare``; True if main() closed it."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        prepare(loop)
+        argv = ["-n", "-l", f"127.0.0.1:{port}", "-c", "aiosmtpd.handlers.Sink"]
+        try:
+            assert main_module.main(argv) is None
+        except KeyboardInterrupt:  # would end the whole pytest session
+            pytest.fail("KeyboardInterrupt escaped main()")
+        return loop.is_closed()
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def nobody_listens(port: int) -> bool:
+    # With SO_REUSEADDR, Linux refuses the bind only while a socket listens there
+    # (connections of the old server in TIME_WAIT do not count).
+    with closing(socket.socket()) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+STOPS_WHILE_SERVING: dict[str, Callable[[asyncio.AbstractEventLoop], None]] = {
+    "loop.stop() in a task": stop_loop,
+    "loop.stop() in a callback": lambda loop: loop.call_soon(loop.stop) and None,
+    "KeyboardInterrupt from a callback": lambda loop: loop.call_soon(interrupt) and None,
+}
+
+
+@pytest.mark.parametrize("how", list(STOPS_WHILE_SERVING))
+def test_embedded_main_stopped_while_serving(how: str) -> None:
+    port = free_port()
+    greeted, prepare = stop_once_greeted(port, STOPS_WHILE_SERVING[how])
+    assert embedded_main(port, prepare), "main() left its loop open"
+    assert len(greeted) == 1 and greeted[0].startswith(b"220 ")
+    assert nobody_listens(port)
+    # The same port again, as the next embedded main() would use it.
+    greeted, prepare = stop_once_greeted(port, stop_loop)
+    assert embedded_main(port, prepare)
+    assert len(greeted) == 1 and greeted[0].startswith(b"220 ")
+    assert nobody_listens(port)
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [stop_loop, interrupt],
+    ids=["loop.stop()", "KeyboardInterrupt"],
+)
+def test_embedded_main_stopped_while_binding(stop: Callable[..., None]) -> None:
+    # Queued before main() runs the loop, so it fires in main()'s first loop
+    # pass, while the listening socket is being created.
+    port = free_port()
+    assert embedded_main(port, lambda loop: loop.call_soon(stop, loop) and None)
+    assert nobody_listens(port)
+
+
+def test_embedded_main_bind_failure_still_raises() -> None:
+    with closing(socket.socket()) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match="address already in use"):
+            embedded_main(port, lambda loop: None)
 
 
 def test_sink_handler_from_cli_is_sink() -> None:

@@ -100,24 +100,78 @@ def run(coro_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     return asyncio.run(guarded())
 
 
-async def via_reader(chunks: Iterable[bytes], eof: bool = True) -> tuple[ProxyData, bytes]:
-    """get_proxy over a real StreamReader fed ``chunks``; returns what it left."""
+class ReturnsWhatItHas:
+    """An AsyncReader over a StreamReader, except that readuntil() returns the
+    bytes it has when the stream ends before the separator (as readline()
+    does) instead of raising IncompleteReadError."""
+
+    def __init__(self, inner: asyncio.StreamReader) -> None:
+        self.inner = inner
+
+    async def read(self, n: int = -1) -> bytes:
+        return await self.inner.read(n)
+
+    async def readexactly(self, n: int) -> bytes:
+        return await self.inner.readexactly(n)
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        try:
+            return await self.inner.readuntil(separator)
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+
+
+class BytesReader:
+    """An AsyncReader over fixed bytes, no asyncio stream involved; readuntil()
+    also returns what is left when the separator never comes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = bytearray(data)
+
+    async def read(self, n: int = -1) -> bytes:
+        taken = bytes(self.data if n < 0 else self.data[:n])
+        del self.data[:len(taken)]
+        return taken
+
+    async def readexactly(self, n: int) -> bytes:
+        taken = await self.read(n)
+        if len(taken) < n:
+            raise asyncio.IncompleteReadError(taken, n)
+        return taken
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        at = self.data.find(separator)
+        return await self.read(-1 if at < 0 else at + len(separator))
+
+
+Wrap = Callable[[asyncio.StreamReader], AsyncReader]
+
+
+def as_is(reader: asyncio.StreamReader) -> AsyncReader:
+    return reader
+
+
+async def via_reader(chunks: Iterable[bytes], eof: bool = True,
+                     wrap: Wrap = as_is) -> tuple[ProxyData, bytes]:
+    """get_proxy over a real StreamReader fed ``chunks`` (seen through
+    ``wrap``); returns what it left."""
     reader = asyncio.StreamReader()
     for chunk in chunks:
         reader.feed_data(chunk)
     if eof:
         reader.feed_eof()
-    data = await get_proxy(reader)
+    data = await get_proxy(wrap(reader))
     left = await reader.read() if eof else b""
     return data, left
 
 
-async def via_socket(chunks: list[bytes], close: bool = True) -> tuple[ProxyData, bytes]:
+async def via_socket(chunks: list[bytes], close: bool = True,
+                     wrap: Wrap = as_is) -> tuple[ProxyData, bytes]:
     """get_proxy on the server side of a loopback TCP connection."""
     result: asyncio.Future[tuple[ProxyData, bytes]] = asyncio.get_running_loop().create_future()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        data = await get_proxy(reader)
+        data = await get_proxy(wrap(reader))
         left = await reader.read() if close else b""
         result.set_result((data, left))
         writer.close()
@@ -778,6 +832,64 @@ def test_socket_peer_closes_early() -> None:
     assert data.error == "PROXY exception: 0 bytes read on a total of 5 expected bytes"
 
 
+# A v1 line cut by the end of the stream: get_proxy reads the line with the
+# reader's readuntil(), so that method decides (CHANGES.rst, PROXY protocol).
+# StreamReader raises IncompleteReadError: "PROXY exception: ..." as the spec
+# observed; a reader that returns what it has hands over a line without CRLF,
+# which the v1 rules call "PROXYv1 malformed".
+
+CUT_V1 = [
+    b"PROXY",
+    b"PROXY ",
+    b"PROXY UNKNOWN",
+    b"PROXY TCP4 198.51.100.7",
+    b"PROXY TCP4 198.51.100.7 203.0.113.25 40000 25",
+    b"PROXY TCP4 198.51.100.7 203.0.113.25 40000 25\r",
+    b"PROXY " + b"1" * 100,  # one byte short of "too long"
+]
+
+
+@pytest.mark.parametrize("raw", CUT_V1)
+def test_cut_v1_line_when_readuntil_returns_what_it_has(
+        raw: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="mail.debug"):
+        for data in (run(get_proxy, BytesReader(raw)),
+                     run(via_reader, [raw], True, ReturnsWhatItHas)[0]):
+            assert not data.valid and data.error == "PROXYv1 malformed"
+            assert data.version == 1 and data.whole_raw == raw
+    assert [r.getMessage() for r in caplog.records] == ["PROXY error: PROXYv1 malformed"] * 2
+
+
+@pytest.mark.parametrize("raw", CUT_V1)
+def test_cut_v1_line_when_readuntil_raises(raw: bytes) -> None:
+    data, _ = run(via_reader, [raw])
+    assert data.version is None and data.error == (
+        f"PROXY exception: {len(raw) - 5} bytes read on a total of undefined expected bytes")
+
+
+def test_socket_peer_cuts_v1_line_reader_returns_what_it_has() -> None:
+    raw = b"PROXY TCP4 198.51.100.7 203.0.113.25 40000"
+    data, left = run(via_socket, [raw], True, ReturnsWhatItHas)
+    assert data.error == "PROXYv1 malformed" and data.whole_raw == raw and left == b""
+
+
+@pytest.mark.parametrize("raw", [
+    b"", b"PRO", b"\r\n\r", V2_SIGNATURE, v2(inet())[:20], v2(length=40)])
+def test_other_cuts_do_not_depend_on_readuntil(raw: bytes) -> None:
+    # Only the v1 line is read with readuntil(); the rest reads with read().
+    expected, _ = run(via_reader, [raw])
+    assert expected.error.startswith("PROXY exception: ")
+    assert run(via_reader, [raw], True, ReturnsWhatItHas)[0] == expected
+    assert run(get_proxy, BytesReader(raw)) == expected
+
+
+@pytest.mark.parametrize("raw", [v[0] for v in V1_VALID[:3]] + [r for r, _ in V1_ERRORS[:4]])
+def test_complete_v1_line_does_not_depend_on_readuntil(raw: bytes) -> None:
+    data, left = run(via_reader, [raw + b"NOOP\r\n"], True, ReturnsWhatItHas)
+    assert data == final(raw) and left == b"NOOP\r\n"
+    assert run(get_proxy, BytesReader(raw + b"NOOP\r\n")) == final(raw)
+
+
 # ---------------------------------------------------------------------------
 # property tests: arbitrary, truncated and chunked input
 
@@ -848,6 +960,21 @@ def test_prop_get_proxy_equals_parser(buf: bytes, sizes: list[int]) -> None:
     assert data == expected
     if data.valid:
         assert left == buf[consumed:]  # nothing past the header was taken
+
+
+@PROPS
+@given(any_header)
+def test_prop_reader_returning_what_it_has(buf: bytes) -> None:
+    """Such a reader changes one verdict only: a v1 line cut by the end of the
+    stream is "PROXYv1 malformed" rather than the IncompleteReadError text."""
+    strict, _ = run(via_reader, [buf])
+    for lenient in (run(via_reader, [buf], True, ReturnsWhatItHas)[0],
+                    run(get_proxy, BytesReader(buf))):
+        if strict.error.endswith(" bytes read on a total of undefined expected bytes"):
+            assert lenient.error == "PROXYv1 malformed"
+            assert lenient.version == 1 and lenient.whole_raw == buf
+        else:
+            assert lenient == strict
 
 
 v1_valid = st.builds(
