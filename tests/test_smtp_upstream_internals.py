@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import socket
 import ssl
 from typing import Any, Optional
 from unittest import mock
@@ -20,8 +21,15 @@ import aiosmtpd.smtp as smtp_module
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Sink
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
-from tests._server import HOST, HOSTNAME, LineClient, LoopThread, RawClient, ServerFactory
-
+from tests._server import (
+    HOST,
+    HOSTNAME,
+    LineClient,
+    LoopThread,
+    RawClient,
+    ServerFactory,
+    wait_for,
+)
 
 # -- Module names -------------------------------------------------------------------
 
@@ -283,8 +291,6 @@ def test_handle_client_patched(
 
     srv = start(Sink())
     with mock.patch.object(SMTP, "_handle_client", patched):
-        import socket
-
         with socket.create_connection((HOST, srv.port), timeout=10) as sock:
             received = b""
             while chunk := sock.recv(1024):
@@ -301,14 +307,10 @@ def test_handle_client_patched_to_send_nothing(start: ServerFactory, lt: LoopThr
 
     srv = start(Sink())
     with mock.patch.object(SMTP, "_handle_client", silent):
-        import socket
-
         with socket.create_connection((HOST, srv.port), timeout=10) as sock:
             sock.sendall(b"NOOP\r\n")
             sock.setblocking(False)
             # The NOOP is not answered: the override has not served it.
-            from tests._server import wait_for
-
             assert wait_for(lambda: bool(srv.protocols), lt)
             with pytest.raises(BlockingIOError):
                 sock.recv(1024)
