@@ -271,3 +271,27 @@ def test_resume_hands_the_task_what_the_command_awaits() -> None:
 
     asyncio.run(main())
     assert events == ["resumed", "cancelled"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_deprecated_instance_hooks_run_in_a_task(start: ServerFactory) -> None:
+    # rset_hook and ehlo_hook set on the instance: the class adds no
+    # coroutine method, so its commands run inline until user code is reached.
+    seen: list[tuple[str, bool]] = []
+
+    async def note(name: str) -> None:
+        seen.append((name, asyncio.current_task() is not None))
+        await asyncio.wait_for(asyncio.sleep(0), 5)
+
+    class WithInstanceHooks(SMTP):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.rset_hook = lambda: note("rset")
+            self.ehlo_hook = lambda: note("ehlo")
+
+    server = start(Sink(), cls=WithInstanceHooks)
+    with server.client() as c:
+        assert c.multi("EHLO client")[-1] == "250 HELP"
+        assert c.cmd("RSET") == "250 OK"
+        assert c.cmd("QUIT") == "221 Bye"
+    assert seen == [("ehlo", True), ("rset", True)]
