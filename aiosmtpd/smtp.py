@@ -524,10 +524,14 @@ class SMTP(
         await self._write(self._encode(status))
 
     async def _write(self, data: bytes, lines: Sequence[bytes] = ()) -> None:
-        transport = self.transport
+        transport: Any = self.transport
         if transport is None:
             raise ConnectionResetError("Connection lost")
-        transport.write(data + b"\r\n")  # type: ignore[attr-defined]
+        if self._writer_view is not None:
+            # Replies go through _writer, as upstream's did: code written for
+            # it that does its own STARTTLS swaps _writer._transport only.
+            transport = self._writer_view._transport
+        transport.write(data + b"\r\n")
         if log.isEnabledFor(logging.DEBUG):
             # One record per reply line, as upstream logs them (smtp.md 10).
             for line in lines or (data,):

@@ -20,7 +20,7 @@ import aiosmtpd.proxy_protocol
 import aiosmtpd.smtp as smtp_module
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Sink
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 from tests._server import (
     HOST,
     HOSTNAME,
@@ -113,6 +113,59 @@ def test_tls_protocol_is_set_with_implicit_tls(
     with LineClient(srv.port, client_ctx) as client:
         client.cmd("EHLO smtps")
     assert handler.seen and handler.seen[0]
+
+
+# -- A subclass's own STARTTLS, written for upstream --------------------------------
+
+
+class OwnStartTLS(SMTP):
+    """STARTTLS done by the subclass with loop.start_tls(), then upstream's
+    attributes swapped by hand (the way smtpdfix does it)."""
+
+    swap_transport = False
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: Optional[str]) -> None:
+        await self.push("220 Ready to start TLS")
+        self._original_transport = self.transport
+        assert self.transport is not None and self.tls_context is not None
+        tls = await self.loop.start_tls(
+            self.transport,  # type: ignore[arg-type]
+            self,  # type: ignore[arg-type]
+            self.tls_context,
+            server_side=True,
+        )
+        assert tls is not None
+        if self.swap_transport:
+            self.transport = tls
+        self._reader._transport = tls
+        self._writer._transport = tls
+        self._tls_protocol = tls.get_protocol()
+
+
+class OwnStartTLSAndTransport(OwnStartTLS):
+    swap_transport = True
+
+
+@pytest.mark.parametrize("cls", [OwnStartTLS, OwnStartTLSAndTransport])
+def test_subclass_starttls_in_upstream_style(
+    start: ServerFactory,
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+    cls: type[SMTP],
+) -> None:
+    server_ctx, client_ctx = tls_contexts
+    srv = start(Sink(), cls=cls, tls_context=server_ctx)
+    with smtplib.SMTP(HOST, srv.port, timeout=10) as client:
+        client.ehlo("before")
+        assert client.has_extn("starttls") and not client.has_extn("auth")
+        client.starttls(context=client_ctx)
+        # Replies now come over TLS, and the session counts as TLS.
+        code, _ = client.ehlo("after")
+        assert code == 250
+        assert not client.has_extn("starttls")
+        assert client.has_extn("auth")  # auth_require_tls is satisfied
+        assert client.noop() == (250, b"OK")
+        assert client.sock.cipher() is not None  # type: ignore[union-attr]
 
 
 # -- connection_made() twice with STARTTLS ------------------------------------------
