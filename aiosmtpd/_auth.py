@@ -77,7 +77,7 @@ def login_always_fail(mechanism: str, login: bytes, password: bytes) -> bool:
     return False
 
 
-_VALID_AUTHMECH = re.compile(r"[A-Z0-9_-]+\Z")
+VALID_AUTHMECH = re.compile(r"[A-Z0-9_-]+\Z")
 
 
 def auth_mechanism(
@@ -85,7 +85,7 @@ def auth_mechanism(
 ) -> Callable[[Callable[..., RT]], Callable[..., RT]]:
     """Give an ``auth_<name>`` method an AUTH mechanism name of its own."""
     name = actual_name.upper()
-    if not _VALID_AUTHMECH.match(name):
+    if not VALID_AUTHMECH.match(name):
         raise ValueError(f"Invalid AUTH mechanism name: {name}")
 
     def decorator(f: Callable[..., RT]) -> Callable[..., RT]:
@@ -95,14 +95,14 @@ def auth_mechanism(
     return decorator
 
 
-_CLIENT_AUTH = re.compile(
+CLIENT_AUTH_B = re.compile(
     rb"(?P<prefix>\s*AUTH\s+\S+[ \t]+)(?P<param>\S+)(?P<crlf>\r\n)?", re.IGNORECASE
 )
 
 
 def sanitize(text: bytes) -> bytes:
     """Mask the initial response of an ``AUTH <mechanism> <response>`` line."""
-    m = _CLIENT_AUTH.match(text)
+    m = CLIENT_AUTH_B.match(text)
     if m is None:
         return text
     return m.group("prefix") + b"********" + (m.group("crlf") or b"")

@@ -29,6 +29,12 @@ from typing import (
 )
 
 from aiosmtpd import __version__, _grammar
+
+# Names outside __all__ that are public (docs/smtp.rst) or that code written
+# for upstream imports from here ("Upstream internals" there): "X as X"
+# marks the re-export for type checkers.
+from aiosmtpd._auth import CLIENT_AUTH_B as CLIENT_AUTH_B
+from aiosmtpd._auth import VALID_AUTHMECH as VALID_AUTHMECH
 from aiosmtpd._auth import (
     AuthCallbackType,
     AuthMechanismType,
@@ -39,9 +45,6 @@ from aiosmtpd._auth import (
     sanitize,
     sanitized_log,
 )
-
-# Public, though outside __all__ (smtp.md 2.1): "X as X" marks the re-export
-# for type checkers.
 from aiosmtpd._auth import AuthenticatorType as AuthenticatorType
 from aiosmtpd._auth import AuthResult as AuthResult
 from aiosmtpd._auth import login_always_fail as login_always_fail
@@ -53,6 +56,8 @@ from aiosmtpd._discovery import (
     names_with_prefix,
 )
 from aiosmtpd._hooks import MISSING, syntax
+from aiosmtpd._hooks import RT as RT
+from aiosmtpd._hooks import DecoratorType as DecoratorType
 from aiosmtpd._hooks import _Missing as _Missing
 from aiosmtpd._inline import HOP, runs_commands_inline
 from aiosmtpd._loop import get_or_new_eventloop
@@ -60,9 +65,6 @@ from aiosmtpd._session_commands import SessionCommandsMixin
 from aiosmtpd._starttls import StartTLSMixin, TLSSetupException, tls_info, tls_protocol_of
 from aiosmtpd._streams import StreamReaderView, StreamWriterView
 from aiosmtpd._transaction import TransactionMixin
-
-# Upstream's module also offered these; code written for it imports them from
-# here (docs/smtp.rst, "Upstream internals").
 from aiosmtpd.proxy_protocol import ProxyData as ProxyData
 from aiosmtpd.proxy_protocol import get_proxy as get_proxy
 

@@ -54,6 +54,14 @@ def test_module_helpers() -> None:
         loop.close()
 
 
+def test_regexes_and_typing_helpers() -> None:
+    assert smtp_module.VALID_AUTHMECH.match("X-OAUTH2")
+    assert not smtp_module.VALID_AUTHMECH.match("bad name")
+    assert smtp_module.CLIENT_AUTH_B.match(b"AUTH PLAIN c2VjcmV0\r\n")
+    assert smtp_module.sanitize(b"AUTH PLAIN c2VjcmV0\r\n") == b"AUTH PLAIN ********\r\n"
+    assert smtp_module.DecoratorType is not None and smtp_module.RT is not None
+
+
 def test_proxy_names_are_the_proxy_protocol_ones() -> None:
     assert smtp_module.ProxyData is aiosmtpd.proxy_protocol.ProxyData
     assert smtp_module.get_proxy is aiosmtpd.proxy_protocol.get_proxy
