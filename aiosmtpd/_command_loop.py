@@ -44,6 +44,12 @@ def _read_buffer() -> memoryview:
 # Stop reading from a client whose unprocessed commands pile up past this.
 _MAX_COMMAND_BUFFER = 64 * 1024
 
+# Fairness: at most this many command lines of one connection are answered
+# per event-loop callback; the rest wait for a later turn of the loop, so a
+# client that pipelines thousands of commands slows only itself
+# (docs/internals.rst, "Fairness").
+LINES_PER_TURN = 64
+
 # Commands that always run in a Task: they call handler code throughout.
 _TASK_COMMANDS = frozenset({"AUTH", "STARTTLS"})
 
@@ -71,6 +77,7 @@ class CommandLoopMixin:
         _idle: bool
         _driving: bool
         _suspended: Optional[Coroutine[Any, Any, bool]]
+        _turn: Optional[asyncio.Handle]
         _call_limit_base: Optional[dict[str, int]]
         _call_limit_default: int
         _call_limits: Optional[dict[str, int]]
@@ -225,6 +232,7 @@ class CommandLoopMixin:
         command line is waiting: ``data_received`` serves what follows.
         """
         buf = self._buf
+        turn = LINES_PER_TURN
         while self.transport is not None and not self.transport.is_closing():
             if self._inline:
                 limit = self.line_length_limit
@@ -232,6 +240,11 @@ class CommandLoopMixin:
                     self._idle = True
                     self._resume_reading()  # paused if commands piled up meanwhile
                     return
+            turn -= 1
+            if turn < 0:
+                # Pipelined lines answered without a pause: let others in.
+                await asyncio.sleep(0)
+                turn = LINES_PER_TURN
             line = await self._readline()
             if not await self._process_line(line):
                 return
@@ -331,9 +344,11 @@ class CommandLoopMixin:
     # -- Running commands inline (see _inline) --------------------------------------
 
     def _pump(self) -> None:
-        """Answer the complete command lines in the buffer, inline."""
+        """Answer the complete command lines in the buffer, inline, up to
+        LINES_PER_TURN of them; the rest on a later turn of the loop."""
         buf = self._buf
         limit = self.line_length_limit
+        turn = LINES_PER_TURN
         while self._idle:
             transport = self.transport
             if transport is None or transport.is_closing():
@@ -345,11 +360,29 @@ class CommandLoopMixin:
                     # Too long: the Task's _readline drops it as it arrives.
                     self._idle = False
                     self._handler_coroutine = self.loop.create_task(self._continue())
+                elif self._reading_paused:
+                    self._resume_reading()
                 return
+            if turn == 0:
+                # Not idle until the next turn: bytes arriving meanwhile
+                # are only buffered (and reading pauses if they pile up).
+                self._idle = False
+                if len(buf) > _MAX_COMMAND_BUFFER and not self._reading_paused:
+                    self._reading_paused = True
+                    transport.pause_reading()  # type: ignore[attr-defined]
+                self._turn = self.loop.call_soon(self._next_turn)
+                return
+            turn -= 1
             line = bytes(buf[: i + 1])
             del buf[: i + 1]
             self._idle = False
             self._drive(self._process_line(line))
+
+    def _next_turn(self) -> None:
+        """Go on answering the lines _pump left for this turn of the loop."""
+        self._turn = None
+        self._idle = True
+        self._pump()
 
     def _drive(
         self,
@@ -400,6 +433,11 @@ class CommandLoopMixin:
             task.cancel()
         elif self._suspended is not None:
             self._drive(self._suspended, asyncio.CancelledError())
-        elif self._idle:
+        elif self._idle or self._turn is not None:
+            # Idle, or waiting for the next turn with lines still to answer:
+            # like a cancelled Task, the rest of them go unanswered.
+            if self._turn is not None:
+                self._turn.cancel()
+                self._turn = None
             self._idle = False
             self._lost_during_command()

@@ -196,7 +196,7 @@ class SMTP(
         "_original_transport", "_tls_protocol", "_tls_handshake_okay",
         "_reader_view", "_writer_view",
         "_auth_required", "_auth_require_tls", "_authenticator", "_auth_callback",
-        "_auth_methods", "_inline", "_idle", "_driving", "_suspended", "_call_limits",
+        "_auth_methods", "_inline", "_idle", "_driving", "_suspended", "_turn", "_call_limits",
         "_bogus_budget",
     )
 
@@ -339,6 +339,8 @@ class SMTP(
         self._idle = False
         self._driving = False
         self._suspended: Optional[Coroutine[Any, Any, bool]] = None
+        # The next turn of the loop, when _pump left lines for it (fairness).
+        self._turn: Optional[asyncio.Handle] = None
         self._call_limits: Optional[dict[str, int]] = None
         self._bogus_budget = BOGUS_LIMIT
         self._original_transport: Optional[asyncio.BaseTransport] = None

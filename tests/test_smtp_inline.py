@@ -216,10 +216,11 @@ def test_client_that_stops_reading_gets_every_reply(
         lt.call(lambda: server.last.transport.get_extra_info("socket").setsockopt(  # type: ignore[union-attr]
             socket.SOL_SOCKET, socket.SO_SNDBUF, 4096))
         c.send(b"NOOP\r\n" * count)  # fits in the kernel and server buffers
+        # Not reading yet: the server's replies pile up until it must wait
+        # for the client, which moves the commands into a Task.
+        assert wait_for(lambda: server.last._handler_coroutine is not None, lt)
         replies = [c.line() for _ in range(count)]
         assert replies == [b"250 OK"] * count
-        # The wait for the client moved the commands into a Task.
-        assert lt.call(lambda: server.last._handler_coroutine) is not None
         assert c.cmd("QUIT") == "221 Bye"
     finally:
         sock.close()

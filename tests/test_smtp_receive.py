@@ -181,3 +181,54 @@ def test_message_is_kept_whenever_something_can_see_it(lt: Any) -> None:
     assert not lt.run(unseen(Sink(), decode_data=True))
     assert not lt.run(unseen(Sink(), strict_line_endings=True))
     assert not lt.run(unseen(Sink(), cls=KeepsEnvelopes))
+
+
+class SlowConsumer:
+    """handle_RCPT takes the client's next bytes through ``server._reader``,
+    a little at a time, yielding to the loop between reads."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.chunks: list[bytes] = []
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        remaining = self.size
+        while remaining:
+            chunk = await server._reader.readexactly(min(remaining, 997))
+            self.chunks.append(chunk)  # kept as handed over, never copied
+            remaining -= len(chunk)
+            await asyncio.sleep(0)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+def test_bytes_handed_to_user_code_stay_its_connections(start: ServerFactory) -> None:
+    # The read buffer is shared by the connections of a thread; what user code
+    # gets must be this connection's bytes, however long it holds them and
+    # whatever other clients send meanwhile (docs/internals.rst).
+    size = 2 * 1024 * 1024
+    payload = bytes(range(256)) * (size // 256)
+    consumer = SlowConsumer(size)
+    slow = start(consumer)
+    busy = start(Sink())
+    with slow.client() as c:
+        assert c.cmd("HELO c").startswith("250")
+        assert c.cmd("MAIL FROM:<a@example.com>") == "250 OK"
+        c.send(b"RCPT TO:<b@example.com>\r\n")
+
+        def send_payload() -> None:
+            c.send(payload)
+
+        sender = threading.Thread(target=send_payload)
+        sender.start()
+        # Meanwhile another client pushes other bytes through the same loop.
+        with busy.smtplib() as other:
+            other.sendmail("x@example.com", ["y@example.com"], big_message(b"z", size))
+        sender.join(30)
+        assert c.text() == "250 OK"
+    received = b"".join(consumer.chunks)
+    assert len(received) == size
+    assert received == payload
