@@ -17,16 +17,14 @@ import threading
 from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from aiosmtpd import _grammar
 from aiosmtpd._auth import sanitized_log
+from aiosmtpd._command_gate import Command, CommandGate, Refusal, Why, split_line
 from aiosmtpd._inline import HOP, Resume
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import Session
 
 log = logging.getLogger("mail.log")
-
-BOGUS_LIMIT = 5
 
 # The read buffer of each thread's connections (see get_buffer).
 _READ_SIZE = 256 * 1024
@@ -80,8 +78,7 @@ class CommandLoopMixin:
         _turn: Optional[asyncio.Handle]
         _call_limit_base: Optional[dict[str, int]]
         _call_limit_default: int
-        _call_limits: Optional[dict[str, int]]
-        _bogus_budget: int
+        _gate: CommandGate
         @property
         def _tls_active(self) -> bool: ...
         _tls_handshake_okay: bool
@@ -213,9 +210,7 @@ class CommandLoopMixin:
 
     def _begin_commands(self) -> None:
         """Start the per-connection command budgets, after the greeting."""
-        if self._call_limit_base is not None:
-            self._call_limits = dict(self._call_limit_base)
-        self._bogus_budget = BOGUS_LIMIT
+        self._gate = CommandGate(self._call_limit_base, self._call_limit_default)
 
     def _lost_during_command(self) -> None:
         log.info(
@@ -253,76 +248,44 @@ class CommandLoopMixin:
         """Answer one command line; False ends the session."""
         assert self.session is not None
         peer = self.session.peer
-        if line is None:
-            await self.push("500 Command line too long")
-            return True
-        if log.isEnabledFor(logging.INFO):  # DEBUG implies INFO
+        if line is not None and log.isEnabledFor(logging.INFO):  # DEBUG implies INFO
             if log.isEnabledFor(logging.DEBUG):
                 sanitized_log(log.debug, "_handle_client readline: %r", line)
-            line = line.rstrip(b"\r\n")
-            sanitized_log(log.info, "%r >> %r", peer, line)
-        else:
-            line = line.rstrip(b"\r\n")
-        if not line:
-            await self.push("500 Error: bad syntax")
+            sanitized_log(log.info, "%r >> %r", peer, line.rstrip(b"\r\n"))
+        parsed = split_line(line, self.enable_SMTPUTF8)
+        if type(parsed) is Refusal:
+            await self.push(parsed.reply)
             return True
-        verb, sep, rest = line.partition(b" ")
-        try:
-            command = verb.upper().decode("ascii")
-        except UnicodeDecodeError:
-            await self.push("500 Error: bad syntax")
-            return True
-        arg: Optional[str] = None
-        if rest:
-            rest = rest.strip()
-            try:
-                if self.enable_SMTPUTF8:
-                    arg = rest.decode("utf-8", errors="surrogateescape")
-                else:
-                    arg = rest.decode("ascii")
-            except UnicodeDecodeError:
-                await self.push("500 Error: strict ASCII mode")
-                return True
-        if self.session.extended_smtp:
-            max_sz = self.command_size_limits[command]
-        else:
-            max_sz = self.command_size_limit
-        if len(line) > max_sz:
-            await self.push("500 Command line too long")
-            return True
-        if not self._tls_handshake_okay and command != "QUIT":
-            await self.push("554 Command refused due to lack of security")
-            return True
-        if (
-            self.require_starttls
-            and not self._tls_active
-            and command not in self._allowed_before_starttls()
-        ):
-            await self.push("530 Must issue a STARTTLS command first")
-            return True
-        call_limits = self._call_limits
-        if call_limits is not None:
-            budget = call_limits.get(command, self._call_limit_default)
-            if budget < 1:
-                log.warning("%r over limit for %s", peer, command)
-                # The verb may hold control bytes (even a bare CR): never echo them.
-                shown = _grammar.control_chars_to_question_marks(command)
-                await self.push(f"421 4.7.0 {shown} sent too many times")
-                self._close()
-                return False
-            call_limits[command] = budget - 1
+        assert type(parsed) is Command
+        command = parsed.verb
         method = self._command_method(command)
-        if method is None:
-            log.warning("%r unrecognised: %s", peer, command)
-            self._bogus_budget -= 1
-            if self._bogus_budget < 1:
-                log.warning("%r too many bogus commands", peer)
-                await self.push("502 5.5.1 Too many unrecognized commands, goodbye.")
+        starttls_missing = bool(self.require_starttls) and not self._tls_active
+        refusal = self._gate.admit(
+            parsed,
+            size_limit=(
+                self.command_size_limits[command]
+                if self.session.extended_smtp
+                else self.command_size_limit
+            ),
+            tls_refused=not self._tls_handshake_okay,
+            starttls_missing=starttls_missing,
+            allowed_before_starttls=self._allowed_before_starttls() if starttls_missing else (),
+            known=method is not None,
+        )
+        if refusal is not None:
+            why = refusal.why
+            if why is Why.OVER_LIMIT:
+                log.warning("%r over limit for %s", peer, command)
+            elif why is Why.UNRECOGNISED or why is Why.TOO_MANY_BOGUS:
+                log.warning("%r unrecognised: %s", peer, command)
+                if why is Why.TOO_MANY_BOGUS:
+                    log.warning("%r too many bogus commands", peer)
+            await self.push(refusal.reply)
+            if refusal.close:
                 self._close()
                 return False
-            shown = _grammar.control_chars_to_question_marks(command)
-            await self.push(f'500 Error: command "{shown}" not recognized')
             return True
+        assert method is not None
         # _reset_timeout(), inlined: this runs for every command.
         self._last_activity = self.loop.time()
         if self._timeout_handle is None:
@@ -330,7 +293,7 @@ class CommandLoopMixin:
         if self._driving and command in _TASK_COMMANDS:
             await HOP
         try:
-            await method(arg)
+            await method(parsed.arg)
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception as error:

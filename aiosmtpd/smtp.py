@@ -48,7 +48,9 @@ from aiosmtpd._auth import (
 from aiosmtpd._auth import AuthenticatorType as AuthenticatorType
 from aiosmtpd._auth import AuthResult as AuthResult
 from aiosmtpd._auth import login_always_fail as login_always_fail
-from aiosmtpd._command_loop import BOGUS_LIMIT, CommandLoopMixin
+from aiosmtpd._command_gate import BOGUS_LIMIT as BOGUS_LIMIT
+from aiosmtpd._command_gate import CommandGate
+from aiosmtpd._command_loop import CommandLoopMixin
 from aiosmtpd._discovery import (
     NO_HOOKS,
     command_names,
@@ -196,8 +198,7 @@ class SMTP(
         "_original_transport", "_tls_protocol", "_tls_handshake_okay",
         "_reader_view", "_writer_view",
         "_auth_required", "_auth_require_tls", "_authenticator", "_auth_callback",
-        "_auth_methods", "_inline", "_idle", "_driving", "_suspended", "_turn", "_call_limits",
-        "_bogus_budget",
+        "_auth_methods", "_inline", "_idle", "_driving", "_suspended", "_turn", "_gate",
     )
 
     command_size_limit = 512
@@ -341,8 +342,8 @@ class SMTP(
         self._suspended: Optional[Coroutine[Any, Any, bool]] = None
         # The next turn of the loop, when _pump left lines for it (fairness).
         self._turn: Optional[asyncio.Handle] = None
-        self._call_limits: Optional[dict[str, int]] = None
-        self._bogus_budget = BOGUS_LIMIT
+        # Budgets start with the greeting (_begin_commands).
+        self._gate = CommandGate()
         self._original_transport: Optional[asyncio.BaseTransport] = None
         # The TLS layer once the connection is encrypted (STARTTLS or implicit
         # TLS); code written for upstream reads it to know whether TLS is on.
