@@ -7,6 +7,7 @@ the outcome; the inner tests talk to the fixtures' servers with real clients
 
 from __future__ import annotations
 
+import gc
 import socket
 import threading
 
@@ -26,8 +27,15 @@ except MissingExtraError:  # pragma: no cover - the TLS tests will say so
     pass
 
 # Hypothesis's plugin costs seconds per in-process run and is not needed
-# here; pytest-asyncio is turned on only where it is tested.
-QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:asyncio")
+# here; pytest-benchmark's, where installed, warns in xdist workers (the
+# runs with -W error must see only the warnings under test); smtpdfix's
+# plugin ("smtpd", in the test extra) would take the smtpd fixture, see
+# tests/test_plugin_smtpdfix.py; pytest-asyncio is turned on only where it
+# is tested (not with "-p asyncio": that name is also the standard library's
+# module, and pytest warns that it cannot rewrite it).
+BASE = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:benchmark",
+        "-p", "no:smtpd")
+QUIET = (*BASE, "-p", "no:asyncio")
 
 
 def _has_ipv6() -> bool:
@@ -42,9 +50,16 @@ def _has_ipv6() -> bool:
 HAS_IPV6 = int(_has_ipv6())
 
 
-def run(pytester: pytest.Pytester, source: str, *args: str, **outcomes: int) -> pytest.RunResult:
+def run(
+    pytester: pytest.Pytester, source: str, *args: str, quiet: tuple[str, ...] = QUIET,
+    **outcomes: int,
+) -> pytest.RunResult:
     pytester.makepyfile(source)
-    result = pytester.runpytest(*QUIET, *args)
+    if "error" in args:
+        # With -W error, garbage an earlier test of this process left (an
+        # unclosed socket) must not be collected, and reported, in the run.
+        gc.collect()
+    result = pytester.runpytest(*quiet, *args)
     result.assert_outcomes(**outcomes)
     return result
 
@@ -285,10 +300,11 @@ def test_async_fixture_with_pytest_asyncio(pytester: pytest.Pytester, mode: str)
     pytest.importorskip("pytest_asyncio")
     pytest.importorskip("aiosmtplib")
     # In strict mode, pytest-asyncio's default, it runs only the async
-    # fixtures it was told about: the plugin must hand this one over.
-    run(pytester, ASYNC_TEST.replace("MARK", "pytest.mark.asyncio"), "-p", "asyncio",
+    # fixtures declared to it, and warns about the others: -W error makes
+    # that warning fail the tests.
+    run(pytester, ASYNC_TEST.replace("MARK", "pytest.mark.asyncio"),
         "-o", f"asyncio_mode={mode}", "-o", "asyncio_default_fixture_loop_scope=function",
-        passed=3)
+        "-W", "error", quiet=BASE, passed=3, warnings=0)
 
 
 def test_async_fixture_with_anyio(pytester: pytest.Pytester) -> None:
@@ -299,7 +315,30 @@ def test_async_fixture_with_anyio(pytester: pytest.Pytester) -> None:
     def anyio_backend():
         return "asyncio"
     """
-    run(pytester, source, "-p", "anyio", passed=3)
+    run(pytester, source, "-p", "anyio", "-W", "error", passed=3, warnings=0)
+
+
+def test_async_fixture_with_anyio_and_pytest_asyncio_strict(pytester: pytest.Pytester) -> None:
+    # Both plugins active (the test extra has both): pytest-asyncio (strict)
+    # must leave the anyio tests' fixture to anyio, and run its own tests'.
+    pytest.importorskip("anyio")
+    pytest.importorskip("pytest_asyncio")
+    pytest.importorskip("aiosmtplib")
+    source = ASYNC_TEST.replace("MARK", "pytest.mark.anyio") + """
+    @pytest.fixture
+    def anyio_backend():
+        return "asyncio"
+
+    @pytest.mark.asyncio
+    async def test_asyncio_too(async_smtpd):
+        await aiosmtplib.send(MESSAGE, sender="a@example.org", recipients=["b@example.org"],
+                              hostname=async_smtpd.hostname, port=async_smtpd.port)
+        assert async_smtpd.loop is asyncio.get_running_loop()
+        assert len(async_smtpd.messages) == 1
+    """
+    run(pytester, source, "-p", "anyio", "-o", "asyncio_mode=strict",
+        "-o", "asyncio_default_fixture_loop_scope=function", "-W", "error",
+        quiet=BASE, passed=4, warnings=0)
 
 
 def test_async_fixture_in_a_plain_test_fails_clearly(pytester: pytest.Pytester) -> None:
@@ -355,6 +394,28 @@ def test_indirect_parametrization(pytester: pytest.Pytester) -> None:
                 client.sendmail("a@example.org", ["b@example.org"], "Subject: m\\r\\n\\r\\nm\\r\\n")
             assert smtpd.messages[0].tls == (smtpd.tls != "off")
     """, passed=3)
+
+
+def test_aiosmtpd_server_is_smtpd_under_a_name_of_its_own(pytester: pytest.Pytester) -> None:
+    # The name no other plugin uses (smtpd is smtpdfix's when it is installed):
+    # the same fixture, configured the same ways.
+    run(pytester, """
+        import pytest
+
+        def test_same_fixture(smtpd, aiosmtpd_server):
+            assert type(smtpd) is type(aiosmtpd_server)
+            assert smtpd.port != aiosmtpd_server.port
+
+        @pytest.mark.smtpd(server_hostname="mx.test")
+        @pytest.mark.parametrize("aiosmtpd_server", [{"tls": "implicit"}], indirect=True)
+        def test_configured(aiosmtpd_server):
+            assert aiosmtpd_server.tls == "implicit"
+            with aiosmtpd_server.client() as client:
+                assert client.ehlo("me")[1].startswith(b"mx.test")
+                client.sendmail("a@example.org", ["b@example.org"], "Subject: s\\r\\n\\r\\ns\\r\\n")
+            assert aiosmtpd_server.messages[0].tls
+            assert "C: QUIT" in str(aiosmtpd_server.transcript)
+    """, "-v", passed=2).stdout.no_fnmatch_line("aiosmtpd: *")
 
 
 def test_environment_variables(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -573,7 +634,7 @@ def test_a_failing_test_still_stops_its_servers(pytester: pytest.Pytester, tmp_p
         import threading
         from aiosmtpd.testing import Fault
 
-        def test_fails_with_a_busy_server(smtpd, smtpd_tls):
+        def test_fails_with_a_busy_server(request, smtpd, smtpd_tls):
             smtpd.inject(Fault.delay("MAIL", 3600))
             busy = socket.create_connection((smtpd.hostname, smtpd.port))
             busy.sendall(b"EHLO me\\r\\nMAIL FROM:<a@example.org>\\r\\n")
@@ -581,6 +642,10 @@ def test_a_failing_test_still_stops_its_servers(pytester: pytest.Pytester, tmp_p
             while not reader.readline().startswith(b"250 "):  # the end of the EHLO reply
                 pass
             idle = socket.create_connection((smtpd_tls.hostname, smtpd_tls.port))
+            # Still connected when the servers stop; closed after the run, not
+            # left for the garbage collector to warn about in a later test.
+            for client in (busy, reader, idle):
+                request.config.add_cleanup(client.close)
             threads = [t.ident for t in threading.enumerate() if t.name != "MainThread"]
             with open({str(record)!r}, "w") as out:
                 out.write(f"{{smtpd.port}} {{smtpd_tls.port}}\\n")
@@ -639,7 +704,8 @@ def test_tls_fixture_without_the_extra_names_it(pytester: pytest.Pytester) -> No
     """)
     result = pytester.runpytest_subprocess(*QUIET)
     result.assert_outcomes(passed=1, errors=2)
-    result.stdout.fnmatch_lines(["*pip install 'aiosmtpd?tls?'"] * 2)
+    hint = "*need trustme (aiosmtpd's 'tls' extra)*: pip install trustme"
+    result.stdout.fnmatch_lines([hint] * 2)
     result.stdout.no_fnmatch_line("*During handling*")
 
 

@@ -11,8 +11,8 @@ import ssl
 from typing import Any
 
 EXTRA_HINT = (
-    "the aiosmtpd TLS test servers need the 'tls' extra to make their "
-    "certificates: pip install 'aiosmtpd[tls]'"
+    "the aiosmtpd TLS test servers need trustme (aiosmtpd's 'tls' extra) to "
+    "make their certificates: pip install trustme"
 )
 
 #: Names every test certificate is valid for.

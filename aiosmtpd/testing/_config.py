@@ -38,9 +38,12 @@ def _tls_mode(value: Any) -> TLSMode:
     aliases = {"": "off", "none": "off", "no": "off", "false": "off", "0": "off",
                "ssl": "implicit", "smtps": "implicit", "tls": "implicit"}
     text = aliases.get(text, text)
-    if text not in TLS_MODES:
-        raise ValueError(f"tls must be one of {', '.join(TLS_MODES)}, not {value!r}")
-    return text
+    # Not "if text in TLS_MODES": the mypy releases for Python 3.9 do not
+    # narrow that to TLSMode.
+    for mode in TLS_MODES:
+        if text == mode:
+            return mode
+    raise ValueError(f"tls must be one of {', '.join(TLS_MODES)}, not {value!r}")
 
 
 def _faults(value: Iterable[Fault]) -> tuple[Fault, ...]:

@@ -8,6 +8,12 @@ fixtures.
 Configuration, weakest first: the defaults, the ``AIOSMTPD_TEST_*``
 environment variables, ``@pytest.mark.smtpd(...)`` markers (the closest
 wins), and indirect parametrization of the fixture itself.
+
+The name ``smtpd`` is also the fixture of smtpdfix, another plugin, which
+depends on aiosmtpd and so is often installed next to it.  Where smtpdfix's
+plugin is active, ``smtpd`` stays smtpdfix's whatever the order the plugins
+load in (its users must see no change), and ours is ``aiosmtpd_server``, a
+name it always has.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import inspect
 import os
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import pytest
 
@@ -36,8 +42,48 @@ MARKER_HELP = (
 _SERVERS = pytest.StashKey["list[Any]"]()
 
 
+#: The name smtpdfix's plugin is registered under, when it is.
+_SMTPDFIX = pytest.StashKey[str]()
+
+#: What ``smtpd`` is registered under when it is ours.
+_SMTPD_PLUGIN_NAME = "aiosmtpd-smtpd"
+
+
+def _smtpdfix_plugin(config: pytest.Config) -> Optional[str]:
+    """The name of smtpdfix's plugin if it is registered (by its entry point,
+    ``-p`` or ``pytest_plugins``), else None."""
+    for name, plugin in config.pluginmanager.list_name_plugin():
+        module = getattr(plugin, "__name__", None)
+        if isinstance(module, str) and module.partition(".")[0] == "smtpdfix":
+            return name
+    return None
+
+
+def _is_smtpdfix(func: Any) -> bool:
+    return str(getattr(func, "__module__", "")).partition(".")[0] == "smtpdfix"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
+    # Entry points, -p plugins and the root conftest's pytest_plugins are all
+    # registered by now.  If smtpdfix is one of them, its smtpd is the only
+    # one; if it came later still, the later registration wins anyway.
+    other = _smtpdfix_plugin(config)
+    if other is not None:
+        config.stash[_SMTPDFIX] = other
+        return
+    from aiosmtpd.testing import _smtpd_name
+
+    if not config.pluginmanager.is_registered(_smtpd_name):
+        config.pluginmanager.register(_smtpd_name, _SMTPD_PLUGIN_NAME)
+
+
+def pytest_report_header(config: pytest.Config) -> Optional[str]:
+    other = config.stash.get(_SMTPDFIX, None)
+    if other is None or config.getoption("verbose", 0) <= 0:
+        return None
+    return (f"aiosmtpd: smtpd is smtpdfix's fixture (plugin {other!r}); "
+            "aiosmtpd's is aiosmtpd_server")
 
 
 # Old-style hook wrappers throughout: the plugin is loaded by every pytest
@@ -120,10 +166,20 @@ def smtpd_config(request: pytest.FixtureRequest) -> ServerConfig:
     return config
 
 
-@pytest.fixture
-def smtpd(request: pytest.FixtureRequest, smtpd_config: ServerConfig) -> Iterator[SMTPTestServer]:
-    """A threaded SMTP server on a free port that captures every message."""
+def _plain_server(
+    request: pytest.FixtureRequest, smtpd_config: ServerConfig
+) -> Iterator[SMTPTestServer]:
+    """A threaded SMTP server on a free port that captures every message.
+
+    Named ``smtpd``, unless smtpdfix is installed (its ``smtpd`` wins), and
+    ``aiosmtpd_server`` always.
+    """
     yield from _serve(request, _config_for(request, smtpd_config))
+
+
+# The short name is registered from aiosmtpd.testing._smtpd_name, and only
+# when smtpdfix is not there (pytest_configure); this one is always ours.
+aiosmtpd_server = pytest.fixture(name="aiosmtpd_server")(_plain_server)
 
 
 @pytest.fixture
@@ -185,8 +241,7 @@ def smtpd_ssl_context() -> ssl.SSLContext:
     _missing_extra(missing)
 
 
-@pytest.fixture
-async def async_smtpd(
+async def _async_smtpd(
     request: pytest.FixtureRequest, smtpd_config: ServerConfig
 ) -> AsyncIterator[AsyncSMTPTestServer]:
     """An SMTP server in the test's own event loop (no thread).
@@ -218,49 +273,104 @@ async def async_smtpd(
         await server.stop()
 
 
-# pytest-asyncio in its default (strict) mode runs only the async fixtures it
-# was told about; anyio runs any async fixture of a test that uses it.  So
-# async_smtpd is a plain async fixture, handed to pytest-asyncio only when
-# anyio is not the one running the test.
-def _asyncio_fixture(func: Any) -> Any:
-    async def asyncio_fixture(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        async for value in func(*args, **kwargs):
-            yield value
+# pytest-asyncio, in its default (strict) mode, runs only the async fixtures
+# declared with @pytest_asyncio.fixture, and warns (an error under -W error)
+# when an asyncio test asks for another one.  So async_smtpd is declared the
+# same way, by the attributes that decorator sets, without importing it.
+# anyio's plugin runs every async fixture of its tests by itself: for those,
+# pytest_fixture_setup hands over an undeclared copy instead.
+_async_smtpd.__dict__.update(_force_asyncio_fixture=True, _loop_scope=None)
+async_smtpd = pytest.fixture(name="async_smtpd")(_async_smtpd)
 
-    asyncio_fixture.__signature__ = inspect.signature(func)  # type: ignore[attr-defined]
-    # pytest-asyncio's own marker for the fixtures it should run.
-    asyncio_fixture._force_asyncio_fixture = True  # type: ignore[attr-defined]
-    asyncio_fixture._loop_scope = None  # type: ignore[attr-defined]
-    return asyncio_fixture
+
+def _undeclared(func: Any) -> Any:
+    """``func`` without pytest-asyncio's declaration, for anyio to run."""
+    accepted = set(inspect.signature(func).parameters)
+
+    async def anyio_fixture(**kwargs: Any) -> AsyncIterator[Any]:
+        # Older pytest-asyncio releases add their event_loop fixture to the
+        # arguments of the fixtures declared to them.
+        generator = func(**{name: kwargs[name] for name in accepted & set(kwargs)})
+        try:
+            async for value in generator:
+                yield value
+        finally:
+            await generator.aclose()
+
+    anyio_fixture.__signature__ = inspect.signature(func)  # type: ignore[attr-defined]
+    return anyio_fixture
+
+
+def _configures_our_server(request: pytest.FixtureRequest) -> Optional[str]:
+    """How the test configures aiosmtpd's server, if it does."""
+    if isinstance(getattr(request, "param", None), dict):
+        return "indirect parameters"
+    for mark in request.node.iter_markers("smtpd"):
+        if mark.args or mark.kwargs:
+            return "@pytest.mark.smtpd options"
+    return None
+
+
+def _failing(message: str) -> Callable[..., NoReturn]:
+    """A fixture function that fails the test's setup with ``message``.
+
+    Failing from inside the fixture, not from the hook around it, lets
+    pytest record the failure and tear down as for any fixture that failed.
+    """
+
+    def fail(**kwargs: Any) -> NoReturn:
+        pytest.fail(message, pytrace=False)
+
+    return fail
+
+
+def _replacement(fixturedef: Any, request: pytest.FixtureRequest) -> Any:
+    """What runs instead of ``fixturedef.func`` for this request, if anything."""
+    if fixturedef.argname == "smtpd" and _is_smtpdfix(fixturedef.func):
+        # smtpdfix's fixture would ignore them: the test was written for ours.
+        how = _configures_our_server(request)
+        if how is None:
+            return None
+        other = request.config.stash.get(_SMTPDFIX, "smtpd")
+        return _failing(
+            f"this test configures aiosmtpd's smtpd with {how}, but smtpd is "
+            f"smtpdfix's fixture here (smtpdfix is installed and keeps that name); "
+            f"ask for aiosmtpd_server instead, or switch smtpdfix off with -p no:{other}"
+        )
+    # Older pytest-asyncio releases replace the fixture functions declared
+    # to them with wrappers once and for all, at collection.
+    if fixturedef.argname != "async_smtpd" or _async_smtpd not in (
+        fixturedef.func, getattr(fixturedef.func, "__wrapped__", None)
+    ):
+        return None
+    if not inspect.iscoroutinefunction(getattr(request, "function", None)):
+        return _failing(
+            "async_smtpd serves from the test's own event loop, so only an "
+            "'async def' test can use it; a plain test wants the smtpd fixture"
+        )
+    if "anyio_backend" in request.fixturenames:
+        return _undeclared(_async_smtpd)
+    if not request.config.pluginmanager.has_plugin("asyncio"):
+        return _failing(
+            "async_smtpd needs an async test runner: install pytest-asyncio "
+            "(and mark the test with @pytest.mark.asyncio) or use anyio's "
+            "plugin (@pytest.mark.anyio)"
+        )
+    return None  # pytest-asyncio runs it, as declared
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_fixture_setup(
     fixturedef: Any, request: pytest.FixtureRequest
 ) -> Generator[None, Any, None]:
-    if fixturedef.argname != "async_smtpd" or getattr(
-        fixturedef.func, "__module__", None
-    ) != __name__:
+    # Outermost (tryfirst): the other plugins' wrappers, anyio's and
+    # pytest-asyncio's, see the replacement.
+    replacement = _replacement(fixturedef, request)
+    if replacement is None:
         yield
         return
-    if not inspect.iscoroutinefunction(getattr(request, "function", None)):
-        pytest.fail(
-            "async_smtpd serves from the test's own event loop, so only an "
-            "'async def' test can use it; a plain test wants the smtpd fixture",
-            pytrace=False,
-        )
-    if "anyio_backend" in request.fixturenames:
-        yield
-        return
-    if not request.config.pluginmanager.has_plugin("asyncio"):
-        pytest.fail(
-            "async_smtpd needs an async test runner: install pytest-asyncio "
-            "(and mark the test with @pytest.mark.asyncio) or use anyio's "
-            "plugin (@pytest.mark.anyio)",
-            pytrace=False,
-        )
     original = fixturedef.func
-    fixturedef.func = _asyncio_fixture(original)
+    fixturedef.func = replacement
     try:
         yield
     finally:
