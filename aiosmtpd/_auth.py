@@ -27,6 +27,7 @@ import attr
 
 from aiosmtpd._discovery import names_with_prefix
 from aiosmtpd._hooks import MISSING, _Missing, syntax
+from aiosmtpd._inline import engine_class
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -151,6 +152,7 @@ class ResponseTooLong(ValueError):
 ResponseTooLong.__name__ = ResponseTooLong.__qualname__ = "ValueError"
 
 
+@engine_class
 class AuthMixin:
     """The AUTH state and mechanisms of an ``SMTP`` connection."""
 

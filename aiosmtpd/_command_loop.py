@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd._auth import sanitized_log
 from aiosmtpd._command_gate import Command, CommandGate, Refusal, Why, split_line
-from aiosmtpd._inline import HOP, Resume
+from aiosmtpd._inline import HOP, Resume, engine_class
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import Session
@@ -52,6 +52,7 @@ LINES_PER_TURN = 64
 _TASK_COMMANDS = frozenset({"AUTH", "STARTTLS"})
 
 
+@engine_class
 class CommandLoopMixin:
     """Receives the client's bytes and answers its command lines."""
 

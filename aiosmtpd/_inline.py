@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Coroutine, Generator
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 
 class _Hop:
@@ -56,37 +56,55 @@ class Resume:
                 return bool(done.value)
 
 
-# The modules whose coroutine methods are known to wait only for client bytes
-# or to await HOP before handler code.
-_OWN_MODULES = frozenset({
-    "aiosmtpd.smtp", "aiosmtpd.lmtp", "aiosmtpd._command_loop", "aiosmtpd._session_commands",
-    "aiosmtpd._transaction", "aiosmtpd._auth", "aiosmtpd._starttls",
-})
+# The classes of aiosmtpd whose coroutine methods are known to wait only for
+# client bytes or to await HOP before user code; each registers itself with
+# @engine_class, so the rule does not depend on module or class names.
+_ENGINE_CLASSES: set[type] = set()
 _inline_cache: dict[type, bool] = {}
+
+_T = TypeVar("_T", bound=type)
+
+
+def engine_class(cls: _T) -> _T:
+    """Mark ``cls`` as part of aiosmtpd's engine (see runs_commands_inline)."""
+    _ENGINE_CLASSES.add(cls)
+    return cls
+
+
+def _defining_class(cls: type, name: str) -> Optional[type]:
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            return klass
+    return None
 
 
 def is_own(cls: type, name: str) -> bool:
     """Whether ``cls.<name>`` is aiosmtpd's own rather than a subclass's."""
-    return getattr(getattr(cls, name, None), "__module__", None) in _OWN_MODULES
+    return _defining_class(cls, name) in _ENGINE_CLASSES
 
 
 def runs_commands_inline(cls: type) -> bool:
     """Whether instances of the ``SMTP`` class ``cls`` may run commands inline.
 
-    Not when a class outside aiosmtpd overrides or adds a coroutine method
-    (its code may need a Task, or wait for something else), or chooses the
-    command methods itself: such subclasses keep one Task per connection.
+    The rule (docs/internals.rst, "Inline commands and the Task"): a class
+    that sets ``_inline_commands`` gets what it says; otherwise not when a
+    class outside the engine overrides or adds a coroutine method (its code
+    may need a Task, or wait for something else), or chooses the command
+    methods itself: such subclasses keep one Task per connection.
     """
     inline = _inline_cache.get(cls)
     if inline is None:
-        inline = True
-        for klass in cls.__mro__:
-            module = klass.__module__
-            if module in _OWN_MODULES or module.startswith("asyncio") or klass is object:
-                continue
-            for name, value in vars(klass).items():
-                func = getattr(value, "__func__", value)
-                if name == "_command_method" or inspect.iscoroutinefunction(func):
-                    inline = False
+        forced = getattr(cls, "_inline_commands", None)
+        if forced is not None:
+            inline = bool(forced)
+        else:
+            inline = True
+            for klass in cls.__mro__:
+                if klass in _ENGINE_CLASSES or klass.__module__.startswith("asyncio"):
+                    continue
+                for name, value in vars(klass).items():
+                    func = getattr(value, "__func__", value)
+                    if name == "_command_method" or inspect.iscoroutinefunction(func):
+                        inline = False
         _inline_cache[cls] = inline
     return inline

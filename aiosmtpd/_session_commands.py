@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd._grammar import control_chars_to_question_marks, get_address
 from aiosmtpd._hooks import MISSING, syntax
-from aiosmtpd._inline import HOP
+from aiosmtpd._inline import HOP, engine_class
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import Envelope, Session
@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("mail.log")
 
 
+@engine_class
 class SessionCommandsMixin:
     """HELO, EHLO, NOOP, QUIT, RSET, VRFY, EXPN and HELP."""
 

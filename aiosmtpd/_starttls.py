@@ -8,6 +8,7 @@ import ssl
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd._hooks import syntax
+from aiosmtpd._inline import engine_class
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import Envelope, Session
@@ -34,6 +35,7 @@ def tls_protocol_of(transport: asyncio.BaseTransport) -> Any:
     return getattr(transport, "_ssl_protocol", None) or transport.get_extra_info("ssl_object")
 
 
+@engine_class
 class StartTLSMixin:
     """The STARTTLS command of an ``SMTP`` connection."""
 

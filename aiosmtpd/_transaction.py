@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd._framing import DataError, DataReader, has_bare_cr_or_lf, unstuff
 from aiosmtpd._hooks import MISSING, syntax
-from aiosmtpd._inline import HOP, is_own
+from aiosmtpd._inline import HOP, engine_class, is_own
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import Envelope, Session
@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("mail.log")
 
 
+@engine_class
 class TransactionMixin:
     """MAIL, RCPT and DATA of an ``SMTP`` connection."""
 

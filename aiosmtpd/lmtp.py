@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from aiosmtpd._inline import engine_class
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
 __all__ = ["LMTP"]
@@ -13,6 +14,7 @@ __all__ = ["LMTP"]
 _ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "LHLO", "EHLO", "STARTTLS", "QUIT"})
 
 
+@engine_class
 class LMTP(SMTP):
     """An LMTP server: one instance per connection, like :class:`SMTP`.
 

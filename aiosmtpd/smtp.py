@@ -61,7 +61,7 @@ from aiosmtpd._hooks import MISSING, syntax
 from aiosmtpd._hooks import RT as RT
 from aiosmtpd._hooks import DecoratorType as DecoratorType
 from aiosmtpd._hooks import _Missing as _Missing
-from aiosmtpd._inline import HOP, runs_commands_inline
+from aiosmtpd._inline import HOP, engine_class, runs_commands_inline
 from aiosmtpd._loop import get_or_new_eventloop
 from aiosmtpd._session_commands import SessionCommandsMixin
 from aiosmtpd._starttls import StartTLSMixin, TLSSetupException, tls_info, tls_protocol_of
@@ -174,6 +174,7 @@ class _CommandSizeLimits(dict[str, int]):
         return self.default
 
 
+@engine_class
 class SMTP(
     SessionCommandsMixin,
     TransactionMixin,
@@ -230,13 +231,14 @@ class SMTP(
         loop: Optional[asyncio.AbstractEventLoop] = None,
         strict_line_endings: bool = False,
     ) -> None:
+        self.loop = loop if loop else get_or_new_eventloop()
+        # No StreamReader: the protocol keeps its own receive buffer.  First,
+        # so that the base class's __del__ finds its state if we raise below.
+        super().__init__(None, loop=self.loop)  # type: ignore[arg-type]
         # An explicit check rather than `assert`: it must survive `python -O`.
         if not (data_size_limit is None or isinstance(data_size_limit, int)):
             raise AssertionError("data_size_limit must be None or int")
         self.__ident__ = ident or __ident__
-        self.loop = loop if loop else get_or_new_eventloop()
-        # No StreamReader: the protocol keeps its own receive buffer.
-        super().__init__(None, loop=self.loop)  # type: ignore[arg-type]
         self.event_handler = handler
         self.data_size_limit = data_size_limit
         self.enable_SMTPUTF8 = enable_SMTPUTF8

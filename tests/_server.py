@@ -314,7 +314,13 @@ def serving(
         server.close()
 
 
-def make_server_fixture(lt: LoopThread, stack: contextlib.ExitStack) -> ServerFactory:
+def make_server_fixture(
+    lt: LoopThread, stack: contextlib.ExitStack, *, inline: bool = True
+) -> ServerFactory:
+    """``start(handler, cls=SMTP, ssl_context=None, **SMTP_options)``; with
+    ``inline=False`` every ``cls`` runs its commands in a Task per connection
+    (``_inline_commands = False``, docs/internals.rst)."""
+
     def start(
         handler: Any = None,
         *,
@@ -322,6 +328,8 @@ def make_server_fixture(lt: LoopThread, stack: contextlib.ExitStack) -> ServerFa
         ssl_context: Optional[ssl.SSLContext] = None,
         **kwargs: Any,
     ) -> Server:
+        if not inline:
+            cls = type(cls.__name__, (cls,), {"_inline_commands": False})
         return stack.enter_context(
             serving(lt, handler, cls=cls, ssl_context=ssl_context, **kwargs)
         )

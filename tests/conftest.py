@@ -24,11 +24,33 @@ def lt() -> Iterator[LoopThread]:
     t.close()
 
 
+ENGINES = ("inline", "task")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Every test_smtp_* test that starts a server runs on both ways of running
+    # commands (docs/internals.rst, "Inline commands and the Task"), unless
+    # it is about one of them (@pytest.mark.engine("inline")).
+    if "engine" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("engine")
+    if marker is not None:
+        metafunc.parametrize("engine", marker.args, indirect=True)
+    elif metafunc.module.__name__.rpartition(".")[2].startswith("test_smtp_"):
+        metafunc.parametrize("engine", ENGINES, indirect=True)
+
+
 @pytest.fixture
-def start(lt: LoopThread) -> Iterator[ServerFactory]:
+def engine(request: pytest.FixtureRequest) -> str:
+    """How the servers of the test run commands: "inline" or in a "task"."""
+    return getattr(request, "param", "inline")
+
+
+@pytest.fixture
+def start(lt: LoopThread, engine: str) -> Iterator[ServerFactory]:
     """Starts servers (``start(handler, **SMTP_options)``) closed after the test."""
     with contextlib.ExitStack() as stack:
-        yield make_server_fixture(lt, stack)
+        yield make_server_fixture(lt, stack, inline=engine == "inline")
 
 
 @pytest.fixture

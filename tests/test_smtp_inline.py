@@ -162,6 +162,7 @@ def test_pipelined_replies_keep_their_order_around_a_hook(start: ServerFactory) 
     ]
 
 
+@pytest.mark.engine("inline")
 def test_idle_connection_holds_no_task(start: ServerFactory, lt: LoopThread) -> None:
     server = start(Sink())
     with server.client() as c:
@@ -173,6 +174,7 @@ def test_idle_connection_holds_no_task(start: ServerFactory, lt: LoopThread) -> 
         assert lt.call(lambda: server.last._handler_coroutine) is None
 
 
+@pytest.mark.engine("inline")
 def test_task_ends_once_the_hook_is_answered(start: ServerFactory, lt: LoopThread) -> None:
     server = start(SlowRcpt())
     with server.client() as c:
@@ -296,3 +298,23 @@ def test_deprecated_instance_hooks_run_in_a_task(start: ServerFactory) -> None:
         assert c.cmd("RSET") == "250 OK"
         assert c.cmd("QUIT") == "221 Bye"
     assert seen == [("ehlo", True), ("rset", True)]
+
+
+def test_the_rule_for_running_commands_inline() -> None:
+    from aiosmtpd._inline import runs_commands_inline
+    from aiosmtpd.lmtp import LMTP
+
+    async def smtp_XTRA(self: SMTP, arg: Any) -> None:
+        await self.push("250 extra")
+
+    assert runs_commands_inline(SMTP) and runs_commands_inline(LMTP)
+    assert runs_commands_inline(type("Plain", (SMTP,), {}))
+    assert not runs_commands_inline(type("Extra", (SMTP,), {"smtp_XTRA": smtp_XTRA}))
+    # Decided by what the class is, not by the name of its module.
+    disguised = type("Disguised", (SMTP,), {"smtp_XTRA": smtp_XTRA, "__module__": "aiosmtpd.smtp"})
+    assert not runs_commands_inline(disguised)
+    # A class may choose explicitly.
+    assert not runs_commands_inline(type("InTask", (SMTP,), {"_inline_commands": False}))
+    assert runs_commands_inline(
+        type("Chosen", (SMTP,), {"smtp_XTRA": smtp_XTRA, "_inline_commands": True})
+    )

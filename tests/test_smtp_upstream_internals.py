@@ -360,7 +360,7 @@ def test_handle_client_patched(
 
 
 def test_handle_client_patched_to_send_nothing(start: ServerFactory, lt: LoopThread) -> None:
-    release = asyncio.Event()
+    release: asyncio.Event = lt.call(asyncio.Event)  # made on the server's loop (3.9)
 
     async def silent(self: SMTP) -> None:
         await release.wait()
