@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd._auth import sanitized_log
 from aiosmtpd._command_gate import Command, CommandGate, Refusal, Why, split_line
-from aiosmtpd._inline import HOP, Resume, engine_class
+from aiosmtpd._inline import HOP, NEXT, Resume, Run, engine_class
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import Session
@@ -73,8 +73,7 @@ class CommandLoopMixin:
         _in_data: bool
         _handler_coroutine: Optional[asyncio.Task[None]]
         _inline: bool
-        _idle: bool
-        _driving: bool
+        _run: Run
         _suspended: Optional[Coroutine[Any, Any, bool]]
         _turn: Optional[asyncio.Handle]
         _call_limit_base: Optional[dict[str, int]]
@@ -120,15 +119,17 @@ class CommandLoopMixin:
     def _received(self, data: Union[bytes, memoryview]) -> None:
         buf = self._buf
         buf += data
-        if self._suspended is not None:
+        run = self._run
+        if run is Run.SUSPENDED:
             # A command run inline waits for these bytes (in DATA, say).
             waiter = self._waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+            assert self._suspended is not None
             self._drive(self._suspended)
             self._pump()
             return
-        if self._idle:
+        if run is Run.IDLE:
             self._pump()
             return
         waiter = self._waiter
@@ -233,7 +234,7 @@ class CommandLoopMixin:
             if self._inline:
                 limit = self.line_length_limit
                 if buf.find(b"\n", 0, limit + 1) < 0 and len(buf) <= limit:
-                    self._idle = True
+                    self._to(Run.IDLE)
                     self._resume_reading()  # paused if commands piled up meanwhile
                     return
             turn -= 1
@@ -291,7 +292,7 @@ class CommandLoopMixin:
         self._last_activity = self.loop.time()
         if self._timeout_handle is None:
             self._reset_timeout()
-        if self._driving and command in _TASK_COMMANDS:
+        if self._run is Run.DRIVING and command in _TASK_COMMANDS:
             await HOP
         try:
             await method(parsed.arg)
@@ -307,30 +308,35 @@ class CommandLoopMixin:
 
     # -- Running commands inline (see _inline) --------------------------------------
 
+    def _to(self, state: Run) -> None:
+        """Change who serves the connection (the moves allowed: _inline.NEXT)."""
+        assert state in NEXT[self._run], f"{self._run} -> {state}"
+        self._run = state
+
     def _pump(self) -> None:
         """Answer the complete command lines in the buffer, inline, up to
         LINES_PER_TURN of them; the rest on a later turn of the loop."""
         buf = self._buf
         limit = self.line_length_limit
         turn = LINES_PER_TURN
-        while self._idle:
+        while self._run is Run.IDLE:
             transport = self.transport
             if transport is None or transport.is_closing():
-                self._idle = False
+                self._to(Run.CLOSED)
                 return
             i = buf.find(b"\n", 0, limit + 1)
             if i < 0:
                 if len(buf) > limit:
                     # Too long: the Task's _readline drops it as it arrives.
-                    self._idle = False
+                    self._to(Run.TASK)
                     self._handler_coroutine = self.loop.create_task(self._continue())
                 elif self._reading_paused:
                     self._resume_reading()
                 return
             if turn == 0:
-                # Not idle until the next turn: bytes arriving meanwhile
-                # are only buffered (and reading pauses if they pile up).
-                self._idle = False
+                # Bytes arriving before the next turn are only buffered (and
+                # reading pauses if they pile up).
+                self._to(Run.NEXT_TURN)
                 if len(buf) > _MAX_COMMAND_BUFFER and not self._reading_paused:
                     self._reading_paused = True
                     transport.pause_reading()  # type: ignore[attr-defined]
@@ -339,13 +345,12 @@ class CommandLoopMixin:
             turn -= 1
             line = bytes(buf[: i + 1])
             del buf[: i + 1]
-            self._idle = False
             self._drive(self._process_line(line))
 
     def _next_turn(self) -> None:
         """Go on answering the lines _pump left for this turn of the loop."""
         self._turn = None
-        self._idle = True
+        self._to(Run.IDLE)
         self._pump()
 
     def _drive(
@@ -356,25 +361,27 @@ class CommandLoopMixin:
         """Run ``command`` until it ends, waits for client bytes (it is
         resumed by data_received) or must move into a Task."""
         self._suspended = None
-        self._driving = True
+        self._to(Run.DRIVING)
         try:
             awaited = command.send(None) if error is None else command.throw(error)
         except StopIteration as done:
-            self._idle = bool(done.value)
+            self._to(Run.IDLE if done.value else Run.CLOSED)
             return
         except (asyncio.CancelledError, ConnectionResetError):
+            self._to(Run.CLOSED)
             self._lost_during_command()
             return
         except Exception:
             # Only a bug gets here; the Task would have died with it too.
+            self._to(Run.CLOSED)
             log.exception("%r SMTP session failed", self.session.peer if self.session else None)
             self._close()
             return
-        finally:
-            self._driving = False
         if awaited is self._waiter:
+            self._to(Run.SUSPENDED)
             self._suspended = command
         else:
+            self._to(Run.TASK)
             self._handler_coroutine = self.loop.create_task(
                 self._continue(Resume(command, awaited))
             )
@@ -386,22 +393,30 @@ class CommandLoopMixin:
             if first is None or await first:
                 await self._serve_commands()
         except (asyncio.CancelledError, ConnectionResetError) as error:
+            if self._run is Run.TASK:
+                self._to(Run.CLOSED)
             self._lost_during_command()
             if isinstance(error, asyncio.CancelledError):
                 raise
+        if self._run is Run.TASK:  # not handed back to data_received
+            self._to(Run.CLOSED)
 
     def _stop_commands(self) -> None:
         """The client went away (EOF or lost): end whatever serves it."""
-        task = self._handler_coroutine
-        if task is not None and not task.done():
-            task.cancel()
-        elif self._suspended is not None:
+        run = self._run
+        if run is Run.TASK:
+            task = self._handler_coroutine
+            self._to(Run.CLOSED)
+            if task is not None and not task.done():
+                task.cancel()
+        elif run is Run.SUSPENDED:
+            assert self._suspended is not None
             self._drive(self._suspended, asyncio.CancelledError())
-        elif self._idle or self._turn is not None:
+        elif run is Run.IDLE or run is Run.NEXT_TURN:
             # Idle, or waiting for the next turn with lines still to answer:
             # like a cancelled Task, the rest of them go unanswered.
             if self._turn is not None:
                 self._turn.cancel()
                 self._turn = None
-            self._idle = False
+            self._to(Run.CLOSED)
             self._lost_during_command()

@@ -11,9 +11,35 @@ always runs in a Task, as it does upstream.
 
 from __future__ import annotations
 
+import enum
 import inspect
 from collections.abc import Coroutine, Generator
 from typing import Any, Optional, TypeVar
+
+
+class Run(enum.Enum):
+    """Who serves a connection's commands now: its one piece of execution
+    state (docs/internals.rst, "Inline commands and the Task")."""
+
+    STARTING = "starting"  # before connection_made() decided
+    IDLE = "idle"  # inline, at the prompt: the next read answers the next line
+    DRIVING = "driving"  # a command's coroutine is being run by hand right now
+    SUSPENDED = "suspended"  # an inline command waits for client bytes
+    NEXT_TURN = "next turn"  # lines wait for the next turn of the loop (fairness)
+    TASK = "task"  # the connection's Task serves it
+    CLOSED = "closed"  # nothing serves it any more
+
+
+#: The moves between states; SMTP._to() asserts every change against it.
+NEXT: dict[Run, frozenset[Run]] = {
+    Run.STARTING: frozenset({Run.IDLE, Run.TASK, Run.CLOSED}),
+    Run.IDLE: frozenset({Run.DRIVING, Run.NEXT_TURN, Run.TASK, Run.CLOSED}),
+    Run.DRIVING: frozenset({Run.IDLE, Run.SUSPENDED, Run.TASK, Run.CLOSED}),
+    Run.SUSPENDED: frozenset({Run.DRIVING}),
+    Run.NEXT_TURN: frozenset({Run.IDLE, Run.CLOSED}),
+    Run.TASK: frozenset({Run.IDLE, Run.CLOSED}),
+    Run.CLOSED: frozenset(),
+}
 
 
 class _Hop:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd._framing import DataError, DataReader, has_bare_cr_or_lf, unstuff
 from aiosmtpd._hooks import MISSING, syntax
-from aiosmtpd._inline import HOP, engine_class, is_own
+from aiosmtpd._inline import HOP, Run, engine_class, is_own
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import Envelope, Session
@@ -38,7 +38,7 @@ class TransactionMixin:
         _handle_hooks: dict[str, Callable[..., Any]]
         _buf: bytearray
         _in_data: bool
-        _driving: bool
+        _run: Run
         _inline: bool
 
         async def push(self, status: Union[str, bytes]) -> None: ...
@@ -247,7 +247,7 @@ class TransactionMixin:
         process_message = getattr(self.event_handler, "process_message", None)
         if process_message is None:
             return MISSING
-        if self._driving:
+        if self._run is Run.DRIVING:
             await HOP
         warnings.warn(
             "Use handler.handle_DATA() instead of .process_message()",

@@ -46,6 +46,7 @@ from hypothesis.stateful import (  # noqa: E402
     run_state_machine_as_test,
 )
 
+from aiosmtpd._inline import Run as Serving  # noqa: E402
 from aiosmtpd.smtp import SMTP  # noqa: E402
 from tests._hostile import (  # noqa: E402
     AUTH_PLAIN,
@@ -83,7 +84,7 @@ class FuzzedSMTP(SMTP):
         waiter = self._waiter
         transport = self.transport
         return (
-            (self._idle or (waiter is not None and not waiter.done()))
+            (self._run is Serving.IDLE or (waiter is not None and not waiter.done()))
             and transport is not None
             and transport.get_write_buffer_size() == 0  # type: ignore[attr-defined]
         )
@@ -93,8 +94,7 @@ class FuzzedSMTP(SMTP):
         task = self._handler_coroutine
         return (
             (task is None or task.done())
-            and not self._idle
-            and self._suspended is None
+            and self._run in (Serving.CLOSED, Serving.STARTING)
             and (self.transport is None or self.transport.is_closing())
         )
 

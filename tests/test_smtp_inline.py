@@ -318,3 +318,19 @@ def test_the_rule_for_running_commands_inline() -> None:
     assert runs_commands_inline(
         type("Chosen", (SMTP,), {"smtp_XTRA": smtp_XTRA, "_inline_commands": True})
     )
+
+
+def test_execution_state_moves_are_checked() -> None:
+    from aiosmtpd._inline import NEXT, Run
+
+    server = SMTP(Sink(), hostname="h", loop=asyncio.new_event_loop())
+    try:
+        assert server._run is Run.STARTING
+        with pytest.raises(AssertionError, match="starting -> suspended"):
+            server._to(Run.SUSPENDED)
+        # Every state can be left for CLOSED except CLOSED itself (and a
+        # suspended command, which first runs to see the cancellation).
+        assert {s for s in Run if Run.CLOSED in NEXT[s]} == set(Run) - {Run.CLOSED, Run.SUSPENDED}
+        assert not NEXT[Run.CLOSED]
+    finally:
+        server.loop.close()
