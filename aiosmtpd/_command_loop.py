@@ -310,7 +310,7 @@ class CommandLoopMixin:
 
     def _to(self, state: Run) -> None:
         """Change who serves the connection (the moves allowed: _inline.NEXT)."""
-        assert state in NEXT[self._run], f"{self._run} -> {state}"
+        assert state in NEXT[self._run], f"{self._run.value} -> {state.value}"
         self._run = state
 
     def _pump(self) -> None:
