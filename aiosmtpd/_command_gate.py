@@ -63,6 +63,8 @@ class Command(NamedTuple):
     line: bytes
 
 
+_new_tuple = tuple.__new__
+
 _TOO_LONG = Refusal("500 Command line too long", Why.TOO_LONG)
 _BAD_SYNTAX = Refusal("500 Error: bad syntax", Why.BAD_SYNTAX)
 _NOT_ASCII = Refusal("500 Error: strict ASCII mode", Why.NOT_ASCII)
@@ -95,7 +97,7 @@ def split_line(line: Optional[bytes], utf8: bool) -> Union[Command, Refusal]:
                 arg = rest.decode("ascii")
         except UnicodeDecodeError:
             return _NOT_ASCII
-    return Command(command, arg, line)
+    return _new_tuple(Command, (command, arg, line))  # Command(...) minus a frame
 
 
 class CommandGate:

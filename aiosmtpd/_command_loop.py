@@ -19,7 +19,19 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd._auth import sanitized_log
 from aiosmtpd._command_gate import Command, CommandGate, Refusal, Why, split_line
-from aiosmtpd._inline import HOP, NEXT, Resume, Run, engine_class
+from aiosmtpd._inline import (
+    CLOSED,
+    DRIVING,
+    HOP,
+    IDLE,
+    NEXT,
+    NEXT_TURN,
+    SUSPENDED,
+    TASK,
+    Resume,
+    Run,
+    engine_class,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import Session
@@ -120,7 +132,7 @@ class CommandLoopMixin:
         buf = self._buf
         buf += data
         run = self._run
-        if run is Run.SUSPENDED:
+        if run is SUSPENDED:
             # A command run inline waits for these bytes (in DATA, say).
             waiter = self._waiter
             if waiter is not None and not waiter.done():
@@ -129,7 +141,7 @@ class CommandLoopMixin:
             self._drive(self._suspended)
             self._pump()
             return
-        if run is Run.IDLE:
+        if run is IDLE:
             self._pump()
             return
         waiter = self._waiter
@@ -234,7 +246,7 @@ class CommandLoopMixin:
             if self._inline:
                 limit = self.line_length_limit
                 if buf.find(b"\n", 0, limit + 1) < 0 and len(buf) <= limit:
-                    self._to(Run.IDLE)
+                    self._to(IDLE)
                     self._resume_reading()  # paused if commands piled up meanwhile
                     return
             turn -= 1
@@ -292,7 +304,7 @@ class CommandLoopMixin:
         self._last_activity = self.loop.time()
         if self._timeout_handle is None:
             self._reset_timeout()
-        if self._run is Run.DRIVING and command in _TASK_COMMANDS:
+        if self._run is DRIVING and command in _TASK_COMMANDS:
             await HOP
         try:
             await method(parsed.arg)
@@ -319,16 +331,16 @@ class CommandLoopMixin:
         buf = self._buf
         limit = self.line_length_limit
         turn = LINES_PER_TURN
-        while self._run is Run.IDLE:
+        while self._run is IDLE:
             transport = self.transport
             if transport is None or transport.is_closing():
-                self._to(Run.CLOSED)
+                self._to(CLOSED)
                 return
             i = buf.find(b"\n", 0, limit + 1)
             if i < 0:
                 if len(buf) > limit:
                     # Too long: the Task's _readline drops it as it arrives.
-                    self._to(Run.TASK)
+                    self._to(TASK)
                     self._handler_coroutine = self.loop.create_task(self._continue())
                 elif self._reading_paused:
                     self._resume_reading()
@@ -336,7 +348,7 @@ class CommandLoopMixin:
             if turn == 0:
                 # Bytes arriving before the next turn are only buffered (and
                 # reading pauses if they pile up).
-                self._to(Run.NEXT_TURN)
+                self._to(NEXT_TURN)
                 if len(buf) > _MAX_COMMAND_BUFFER and not self._reading_paused:
                     self._reading_paused = True
                     transport.pause_reading()  # type: ignore[attr-defined]
@@ -350,7 +362,7 @@ class CommandLoopMixin:
     def _next_turn(self) -> None:
         """Go on answering the lines _pump left for this turn of the loop."""
         self._turn = None
-        self._to(Run.IDLE)
+        self._to(IDLE)
         self._pump()
 
     def _drive(
@@ -361,27 +373,29 @@ class CommandLoopMixin:
         """Run ``command`` until it ends, waits for client bytes (it is
         resumed by data_received) or must move into a Task."""
         self._suspended = None
-        self._to(Run.DRIVING)
+        # _to(), inlined for the two moves every command makes.
+        assert DRIVING in NEXT[self._run], f"{self._run.value} -> driving"
+        self._run = DRIVING
         try:
             awaited = command.send(None) if error is None else command.throw(error)
         except StopIteration as done:
-            self._to(Run.IDLE if done.value else Run.CLOSED)
+            self._run = IDLE if done.value else CLOSED
             return
         except (asyncio.CancelledError, ConnectionResetError):
-            self._to(Run.CLOSED)
+            self._to(CLOSED)
             self._lost_during_command()
             return
         except Exception:
             # Only a bug gets here; the Task would have died with it too.
-            self._to(Run.CLOSED)
+            self._to(CLOSED)
             log.exception("%r SMTP session failed", self.session.peer if self.session else None)
             self._close()
             return
         if awaited is self._waiter:
-            self._to(Run.SUSPENDED)
+            self._to(SUSPENDED)
             self._suspended = command
         else:
-            self._to(Run.TASK)
+            self._to(TASK)
             self._handler_coroutine = self.loop.create_task(
                 self._continue(Resume(command, awaited))
             )
@@ -393,30 +407,30 @@ class CommandLoopMixin:
             if first is None or await first:
                 await self._serve_commands()
         except (asyncio.CancelledError, ConnectionResetError) as error:
-            if self._run is Run.TASK:
-                self._to(Run.CLOSED)
+            if self._run is TASK:
+                self._to(CLOSED)
             self._lost_during_command()
             if isinstance(error, asyncio.CancelledError):
                 raise
-        if self._run is Run.TASK:  # not handed back to data_received
-            self._to(Run.CLOSED)
+        if self._run is TASK:  # not handed back to data_received
+            self._to(CLOSED)
 
     def _stop_commands(self) -> None:
         """The client went away (EOF or lost): end whatever serves it."""
         run = self._run
-        if run is Run.TASK:
+        if run is TASK:
             task = self._handler_coroutine
-            self._to(Run.CLOSED)
+            self._to(CLOSED)
             if task is not None and not task.done():
                 task.cancel()
-        elif run is Run.SUSPENDED:
+        elif run is SUSPENDED:
             assert self._suspended is not None
             self._drive(self._suspended, asyncio.CancelledError())
-        elif run is Run.IDLE or run is Run.NEXT_TURN:
+        elif run is IDLE or run is NEXT_TURN:
             # Idle, or waiting for the next turn with lines still to answer:
             # like a cancelled Task, the rest of them go unanswered.
             if self._turn is not None:
                 self._turn.cancel()
                 self._turn = None
-            self._to(Run.CLOSED)
+            self._to(CLOSED)
             self._lost_during_command()

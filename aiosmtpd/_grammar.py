@@ -56,7 +56,7 @@ def _parse_with_stdlib(arg: str, require_closing_bracket: bool = True) -> Addres
         token: Any
         if arg.lstrip().startswith("<"):
             token, rest = get_angle_addr(arg)
-            # Decision (smtp.md 8.9): an angle-addr without its closing '>'
+            # Deviation (CHANGES.rst): an angle-addr without its closing '>'
             # is malformed; upstream silently accepted it.
             # The parser records this defect on the angle-addr token itself.
             # (Not all_defects: walking it crashes on some inputs, '<a@[b>'.)
@@ -87,7 +87,8 @@ def get_address(
     address is malformed or its local part is longer than ``local_part_limit``
     (0 means unlimited), else ``(address, rest)`` where ``rest`` is the text
     after the address (the ESMTP parameters).  ``require_closing_bracket``
-    rejects ``<a@b`` (MAIL and RCPT, smtp.md 8.9); VRFY stays lenient.
+    rejects ``<a@b`` (MAIL and RCPT, a deviation in CHANGES.rst); VRFY stays
+    lenient (docs/decisions.rst, "Address syntax").
     """
     if not arg:
         return "", ""
@@ -125,5 +126,5 @@ def get_params(params: list[str]) -> Optional[dict[str, Union[str, bool]]]:
 
 
 def control_chars_to_question_marks(text: str) -> str:
-    """Make ``text`` safe to echo in a one-line reply (smtp.md 7.4)."""
+    """Make ``text`` safe to echo in a one-line reply (CHANGES.rst, "Echoed text")."""
     return _CONTROL_CHARS.sub("?", text)

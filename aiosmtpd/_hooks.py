@@ -13,7 +13,7 @@ class _Missing(enum.Enum):
     MISSING = object()
 
 
-#: "No such hook" / "use the default behaviour" (smtp.md 2.3).
+#: "No such hook" / "use the default behaviour", as in 1.4.6 (docs/smtp.rst, "Hooks").
 MISSING = _Missing.MISSING
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd._grammar import control_chars_to_question_marks, get_address
 from aiosmtpd._hooks import MISSING, syntax
-from aiosmtpd._inline import HOP, Run, engine_class
+from aiosmtpd._inline import DRIVING, HOP, Run, engine_class
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import Envelope, Session
@@ -116,7 +116,7 @@ class SessionCommandsMixin:
             for line in lines:
                 await self.push(line)
             if ehlo_hook is not None:
-                if self._run is Run.DRIVING:
+                if self._run is DRIVING:
                     await HOP  # user code runs in a Task (see _inline)
                 await ehlo_hook()
             await self.push(await self._call_handler_hook("EHLO", hostname))
@@ -130,7 +130,7 @@ class SessionCommandsMixin:
         # Decision (smtp.md 8.2): the deprecated ehlo_hook runs just before
         # the final line, as upstream documented, not before the first.
         await self._push_lines(lines[:-1])
-        if self._run is Run.DRIVING:
+        if self._run is DRIVING:
             await HOP  # user code runs in a Task (see _inline)
         await ehlo_hook()
         await self._push_lines(lines[-1:])
@@ -163,7 +163,7 @@ class SessionCommandsMixin:
                 DeprecationWarning,
                 stacklevel=2,
             )
-            if self._run is Run.DRIVING:
+            if self._run is DRIVING:
                 await HOP  # user code runs in a Task (see _inline)
             await rset_hook()
         status = await self._call_handler_hook("RSET")

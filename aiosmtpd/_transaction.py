@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd._framing import DataError, DataReader, has_bare_cr_or_lf, unstuff
 from aiosmtpd._hooks import MISSING, syntax
-from aiosmtpd._inline import HOP, Run, engine_class, is_own
+from aiosmtpd._inline import DRIVING, HOP, Run, engine_class, is_own
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import Envelope, Session
@@ -247,7 +247,7 @@ class TransactionMixin:
         process_message = getattr(self.event_handler, "process_message", None)
         if process_message is None:
             return MISSING
-        if self._run is Run.DRIVING:
+        if self._run is DRIVING:
             await HOP
         warnings.warn(
             "Use handler.handle_DATA() instead of .process_message()",

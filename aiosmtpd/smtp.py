@@ -61,7 +61,15 @@ from aiosmtpd._hooks import MISSING, syntax
 from aiosmtpd._hooks import RT as RT
 from aiosmtpd._hooks import DecoratorType as DecoratorType
 from aiosmtpd._hooks import _Missing as _Missing
-from aiosmtpd._inline import HOP, Run, engine_class, runs_commands_inline
+from aiosmtpd._inline import (
+    DRIVING,
+    HOP,
+    IDLE,
+    STARTING,
+    TASK,
+    engine_class,
+    runs_commands_inline,
+)
 from aiosmtpd._loop import get_or_new_eventloop
 from aiosmtpd._session_commands import SessionCommandsMixin
 from aiosmtpd._starttls import StartTLSMixin, TLSSetupException, tls_info, tls_protocol_of
@@ -340,7 +348,7 @@ class SMTP(
         # _pump); _run says who serves the commands now, _suspended holds the
         # inline command that waits for client bytes.
         self._inline = runs_commands_inline(type(self))
-        self._run = Run.STARTING
+        self._run = STARTING
         self._suspended: Optional[Coroutine[Any, Any, bool]] = None
         # The next turn of the loop, when _pump left lines for it (fairness).
         self._turn: Optional[asyncio.Handle] = None
@@ -400,7 +408,7 @@ class SMTP(
         hook = self._handle_hooks.get(command)
         if hook is None:
             return MISSING
-        if self._run is Run.DRIVING:
+        if self._run is DRIVING:
             await HOP
         return await hook(self, self.session, self.envelope, *args)
 
@@ -428,7 +436,7 @@ class SMTP(
         if not _serves_itself(self):
             # A subclass (or a test's patch) took over _handle_client(): it
             # decides what the client sees first, as it could upstream.
-            self._to(Run.TASK)
+            self._to(TASK)
             self._handler_coroutine = self.loop.create_task(self._handle_client())
             return
         # Without PROXY the greeting goes out now rather than one loop
@@ -437,9 +445,9 @@ class SMTP(
         if greeted and self._inline:
             # No Task until a command needs one: data_received serves the rest.
             self._begin_commands()
-            self._to(Run.IDLE)
+            self._to(IDLE)
         else:
-            self._to(Run.TASK)
+            self._to(TASK)
             self._handler_coroutine = self.loop.create_task(self._serve_session(greeted))
 
     def _tls_established(self, transport: asyncio.BaseTransport) -> None:
@@ -618,7 +626,7 @@ class SMTP(
     async def _reply_to_exception(self, error: Exception) -> bool:
         """Reply to an exception raised by a command; False ends the session."""
         peer = self.session.peer if self.session else None
-        if self._run is Run.DRIVING:
+        if self._run is DRIVING:
             await HOP  # handle_exception may be handler code
         try:
             status = await self.handle_exception(error)
