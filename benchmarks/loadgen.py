@@ -15,6 +15,27 @@ Idle mode::
 opens that many connections, sends EHLO on each, prints ``{"ready": n,
 "seconds": t}``, then holds them until a line (or EOF) arrives on stdin.
 
+Flood mode (the ``flood`` scenario: one process floods, another is the
+bystander)::
+
+    python loadgen.py --port P --flood 170000 --max-seconds 60
+
+opens one connection, sends EHLO, then keeps about that many pipelined
+``NOOP`` lines unanswered (170,000 lines of 6 bytes: about 1 MB), writing
+more as the ``250`` replies come back (read in batches: ``SO_RCVLOWAT``).
+Once the first replies arrive it prints ``{"ready": in_flight}``; on a line
+(or EOF) on stdin, or after
+``--max-seconds``, it prints ``{"lines": answered, "seconds": t, ...}``
+(counted from "ready") and drops the connection.
+
+    python loadgen.py --port P --bystander 200 --max-seconds 10
+
+opens its own connection, sends EHLO and a few unmeasured NOOPs, prints
+``{"ready": 1}``, waits for a line on stdin, then does up to 200 sequential
+``NOOP`` round trips (send, wait for the reply), starting none after
+``--max-seconds``, and prints ``{"round_trips": n, "seconds": t, "rtt_ms":
+{"min", "median", "p90", "p99", "max"}}`` (nearest-rank quantiles).
+
 Standalone (stdlib only) so it runs under any interpreter; the orchestrator
 pins it to its own CPU with ``--cpu``.
 """
@@ -24,9 +45,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import resource
+import socket
 import ssl
+import statistics
 import sys
 import time
 
@@ -274,6 +298,253 @@ async def idle(args: argparse.Namespace, tls: ssl.SSLContext | None) -> dict[str
     return {"closed": len(writers)}
 
 
+NOOP = b"NOOP\r\n"
+
+
+def _cpu_seconds() -> float:
+    """This process's CPU time so far (user + system), start-up included."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+NOOP_REPLY = b"250 "
+RCVLOWAT = 32 * 1024
+
+
+class Flood(asyncio.Protocol):
+    """Keeps *in_flight* pipelined NOOP lines unanswered on one connection.
+
+    Writes in chunks of *chunk* lines and tops up from ``data_received`` as
+    replies arrive, so the count of lines sent but not yet answered stays
+    between ``in_flight - chunk`` and ``in_flight``.
+    """
+
+    def __init__(self, in_flight: int, chunk: int = 1024) -> None:
+        self.in_flight = max(in_flight, chunk)
+        self.chunk_lines = chunk
+        self.chunk = NOOP * chunk
+        self.transport: asyncio.Transport | None = None
+        self.state = "greeting"
+        self.buffer = b""
+        self.sent = 0
+        self.answered = 0
+        self.batches = 0
+        self.backlog_sum = 0
+        """Sum over reply batches of the lines still unanswered just before
+        each top-up (the low point): their mean is what stays in flight."""
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state == "stopped":
+            for future in (self.ready, self.lost):
+                if not future.done():
+                    future.cancel()
+            return
+        error = SMTPError(f"flood connection lost in {self.state}: {exc}")
+        for future in (self.ready, self.lost):
+            if not future.done():
+                future.set_exception(error)
+
+    def _fail(self, text: str) -> None:
+        assert self.transport is not None
+        self.state = "failed"
+        self.transport.abort()
+        error = SMTPError(text)
+        for future in (self.ready, self.lost):
+            if not future.done():
+                future.set_exception(error)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == "flood":
+            self._replies(data)
+            return
+        if self.state not in ("greeting", "ehlo"):
+            return  # stopping: replies no longer count
+        self.buffer += data
+        while self.state in ("greeting", "ehlo"):
+            eol = self.buffer.find(b"\r\n")
+            if eol < 0:
+                if len(self.buffer) > 4096:
+                    self._fail(f"no reply line in {self.buffer[:80]!r}")
+                return
+            line, self.buffer = self.buffer[:eol], self.buffer[eol + 2 :]
+            if line[3:4] == b"-":
+                continue
+            expect = b"220" if self.state == "greeting" else b"250"
+            if not line.startswith(expect):
+                self._fail(f"in {self.state}: expected {expect!r}, got {line!r}")
+                return
+            assert self.transport is not None
+            if self.state == "greeting":
+                self.state = "ehlo"
+                self.transport.write(b"EHLO " + CLIENT_NAME + b"\r\n")
+            else:
+                self.state = "flood"
+                if self.buffer:
+                    self._fail(f"unexpected bytes after EHLO: {self.buffer[:80]!r}")
+                    return
+                self._batch_reads()
+                self._top_up()
+
+    def _batch_reads(self) -> None:
+        """Wake for replies only once RCVLOWAT bytes are there.
+
+        The servers send each 8-byte reply as they go.  Woken for each one,
+        this client needed as much CPU as the server (and every wake-up cost
+        the server's send() on loopback too), so the flood measured the
+        client; batched, it needs a few percent.  No stall: with ~1 MB of
+        NOOPs in flight far more reply bytes than this are always coming.
+        """
+        assert self.transport is not None
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and hasattr(socket, "SO_RCVLOWAT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, RCVLOWAT)
+
+    def _replies(self, data: bytes) -> None:
+        data = self.buffer + data if self.buffer else data
+        end = data.rfind(b"\n") + 1
+        self.buffer = data[end:]
+        if len(self.buffer) > 512:
+            self._fail(f"reply line too long: {self.buffer[:80]!r}")
+            return
+        lines = data.count(b"\n", 0, end)
+        if not lines:
+            return
+        good = data.count(NOOP_REPLY, 0, end)
+        if good != lines:
+            self._fail(f"{lines - good} of {lines} NOOP replies not 250: {data[:80]!r}")
+            return
+        self.answered += lines
+        if self.answered > self.sent:
+            self._fail(f"{self.answered} replies to {self.sent} NOOPs")
+            return
+        self.batches += 1
+        self.backlog_sum += self.sent - self.answered
+        if not self.ready.done():
+            self.ready.set_result(None)
+        self._top_up()
+
+    def _top_up(self) -> None:
+        assert self.transport is not None
+        # At most in_flight / chunk writes: bounded.
+        while self.sent - self.answered + self.chunk_lines <= self.in_flight:
+            self.transport.write(self.chunk)
+            self.sent += self.chunk_lines
+
+    def stop(self) -> None:
+        self.state = "stopped"
+        if self.transport is not None:
+            # No QUIT: it would queue behind ~1 MB of NOOPs.  Drop the connection.
+            self.transport.abort()
+
+
+async def flood(args: argparse.Namespace, tls: ssl.SSLContext | None) -> dict[str, object]:
+    loop = asyncio.get_running_loop()
+    _, proto = await asyncio.wait_for(
+        loop.create_connection(lambda: Flood(args.flood), "127.0.0.1", args.port),
+        args.max_seconds,
+    )
+    try:
+        await asyncio.wait_for(asyncio.shield(proto.ready), args.max_seconds)
+        started = time.perf_counter()
+        answered, batches, backlog = proto.answered, proto.batches, proto.backlog_sum
+        print(json.dumps({"ready": proto.sent - proto.answered}), flush=True)
+        # Stop on a line or EOF on stdin, or after --max-seconds at most.
+        told: asyncio.Future[None] = loop.create_future()
+
+        def stdin_ready() -> None:
+            os.read(0, 4096)
+            if not told.done():
+                told.set_result(None)
+
+        loop.add_reader(0, stdin_ready)
+        try:
+            await asyncio.wait(
+                [told, proto.lost], timeout=args.max_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            loop.remove_reader(0)
+        if proto.lost.done():
+            proto.lost.result()  # raises why the flood stopped
+        seconds = time.perf_counter() - started
+        batches = proto.batches - batches
+        return {
+            "lines": proto.answered - answered,
+            "seconds": seconds,
+            "sent": proto.sent,
+            "in_flight_mean": (proto.backlog_sum - backlog) / batches if batches else 0.0,
+            "stopped_by": "stdin" if told.done() else "max-seconds",
+            "cpu_s": _cpu_seconds(),
+        }
+    finally:
+        proto.stop()
+        if proto.lost.done() and not proto.lost.cancelled():
+            proto.lost.exception()  # retrieved (ready may have raised it already)
+
+
+def bystander(args: argparse.Namespace) -> dict[str, object]:
+    """Sequential NOOP round trips on a connection of its own (blocking socket)."""
+    # Every wait is bounded: one reply may take long under a flood, not forever.
+    hard = args.max_seconds + 60
+    with socket.create_connection(("127.0.0.1", args.port), timeout=hard) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = sock.makefile("rb")
+
+        def reply(expect: bytes) -> None:
+            while True:
+                line = reader.readline(1024)
+                if not line or line[3:4] != b"-":
+                    break
+            if not line.startswith(expect):
+                raise SMTPError(f"bystander: expected {expect!r}, got {line!r}")
+
+        reply(b"220")
+        sock.sendall(b"EHLO " + CLIENT_NAME + b"\r\n")
+        reply(b"250")
+        for _ in range(5):  # warm-up, unmeasured
+            sock.sendall(NOOP)
+            reply(b"250")
+        print(json.dumps({"ready": 1}), flush=True)
+        sys.stdin.readline()  # the orchestrator says go (or closes stdin)
+        rtts: list[float] = []
+        started = time.perf_counter()
+        deadline = started + args.max_seconds
+        for _ in range(args.bystander):
+            sent = time.perf_counter()
+            if sent >= deadline:
+                break
+            sock.sendall(NOOP)
+            reply(b"250")
+            rtts.append((time.perf_counter() - sent) * 1000)
+        seconds = time.perf_counter() - started
+        # No QUIT: under a flood its reply could take seconds.  Just close.
+    if not rtts:
+        raise SMTPError("bystander: no round trip done")
+    rtts.sort()
+
+    def rank(q: float) -> float:
+        """Nearest-rank quantile: the smallest RTT with at least q of them <= it."""
+        return rtts[max(math.ceil(q * len(rtts)) - 1, 0)]
+
+    return {
+        "round_trips": len(rtts),
+        "seconds": seconds,
+        "cpu_s": _cpu_seconds(),
+        "rtt_ms": {
+            "min": rtts[0],
+            "median": statistics.median(rtts),
+            "p90": rank(0.90),
+            "p99": rank(0.99),
+            "max": rtts[-1],
+        },
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
@@ -284,6 +555,13 @@ def main() -> int:
     parser.add_argument("--starttls", metavar="CA.pem", help="STARTTLS, trusting this CA")
     parser.add_argument("--idle", type=int, default=0, help="hold this many connections")
     parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--flood", type=int, default=0, help="keep this many NOOP lines unanswered")
+    parser.add_argument(
+        "--bystander", type=int, default=0, help="this many sequential NOOP round trips"
+    )
+    parser.add_argument(
+        "--max-seconds", type=float, default=60.0, help="time bound of --flood/--bystander"
+    )
     parser.add_argument("--cpu", type=int, default=-1, help="CPU to pin to (-1: none)")
     args = parser.parse_args()
 
@@ -292,10 +570,13 @@ def main() -> int:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     tls = ssl.create_default_context(cafile=args.starttls) if args.starttls else None
-    runner = idle if args.idle else throughput
+    runner = idle if args.idle else flood if args.flood else throughput
     try:
-        result = asyncio.run(runner(args, tls))
-    except (SMTPError, OSError, ssl.SSLError) as exc:
+        if args.bystander:
+            result: dict[str, object] = bystander(args)
+        else:
+            result = dict(asyncio.run(runner(args, tls)))
+    except (SMTPError, OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
         return 1
     print(json.dumps(result), flush=True)

@@ -89,7 +89,10 @@ def _cell(stat: Stat | None) -> str:
 
 
 def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
+    if value is None:
+        return "-"
+    # Two significant digits below 0.1 (a flood RTT can be 1/300 of upstream's).
+    return f"{value:.2g}x" if value < 0.1 else f"{value:.2f}x"
 
 
 def _metric_name(metric: Metric) -> str:

@@ -177,6 +177,14 @@ def _describe(r: RunResult) -> str:
     m = r.metrics
     if "kib_per_conn" in m:
         return f"{m['kib_per_conn']:.2f} KiB/conn (rss {r.rss_before_kib}->{r.rss_after_kib} KiB)"
+    if "rtt_p99_ms" in m:
+        text = f"bystander RTT median {m['rtt_median_ms']:.2f} ms p99 {m['rtt_p99_ms']:.2f} ms"
+        text += f" max {m['rtt_max_ms']:.2f} ms ({m['round_trips']:,.0f} round trips)"
+        text += f"; flood {m['flood_lines_per_s']:,.0f} NOOPs/s"
+        text += f", {r.flood['flood_in_flight_mean']:,.0f} in flight (server"
+        text += f" {m['server_cpu_util']:.0%} client {m['client_cpu_util']:.0%}"
+        text += f" other {m['background_cpus']:.0%})"
+        return text + f" hwm {r.hwm_kib / 1024:.1f} MiB [{r.client}, {r.wall_s:.1f} s]"
     text = f"{m['msgs_per_s']:,.0f} msgs/s {m['mb_per_s']:.1f} MB/s"
     text += f" cpu {m['cpu_us_per_msg']:.0f} us/msg (server {m['server_cpu_util']:.0%}"
     text += f" client {m['client_cpu_util']:.0%} other {m['background_cpus']:.0%})"

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import resource
+import select
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchmarks import launch, procstat
 from benchmarks.postfix import postfix_tool
@@ -18,6 +20,8 @@ from benchmarks.tlscert import TLSFiles
 LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
 KIB = 1024
 MIB = 1024 * 1024
+FLOOD_LINES = 170_000
+"""NOOP lines the flood keeps unanswered: 170,000 x 6 bytes, about 1 MB."""
 
 
 @dataclass(frozen=True)
@@ -48,12 +52,18 @@ class Scenario:
     handler: str = "sink"
     """The aiosmtpd servers' handler: "sink" (Sink) or "hook" (a handle_DATA
     that takes envelope.content and returns 250)."""
+    flood: int = 0
+    """NOOP lines one client keeps unanswered while a bystander does round
+    trips (``messages`` is then the bystander's most round trips); 0: no flood."""
+    seconds: float = 0.0
+    """The bystander's time bound: it starts no round trip after this."""
 
 
 def scenarios(quick: bool) -> list[Scenario]:
     def n(full: int, fast: int) -> int:
         return fast if quick else full
 
+    flood_seconds = 1.5 if quick else 5.0
     large = Scenario(
         "large",
         f"{n(8, 2)} messages of 10 MiB on one connection: throughput and server peak RSS",
@@ -137,6 +147,29 @@ def scenarios(quick: bool) -> list[Scenario]:
             metrics=(Metric("msgs_per_s", "msgs/s", "msgs/s", True),),
             kinds=("project", "upstream", "floor"),
         ),
+        Scenario(
+            "flood",
+            f"one connection keeps {FLOOD_LINES:,} pipelined NOOP lines (about 1 MB) "
+            f"unanswered while a bystander on its own connection does sequential NOOP "
+            f"round trips for {flood_seconds:g} s: the bystander's round-trip time and the "
+            "flood's NOOPs/s (two Python client processes)",
+            sessions=2,
+            messages=100_000,  # a bound only: the time ends the round trips
+            per_connection=0,
+            size=0,
+            postfix_client=False,
+            flood=FLOOD_LINES,
+            seconds=flood_seconds,
+            metrics=(
+                Metric("rtt_median_ms", "bystander RTT median", "ms", False),
+                Metric("rtt_p99_ms", "bystander RTT p99", "ms", False),
+                Metric("flood_lines_per_s", "flood NOOPs/s", "lines/s", True),
+            ),
+            # The floor answers a whole read in one callback by design and
+            # smtp-sink is C: neither says anything about aiosmtpd's
+            # fairness (README).
+            kinds=("project", "upstream"),
+        ),
     ]
 
 
@@ -165,6 +198,8 @@ class RunResult:
     """The whole run: server start, warm-up, load, stop."""
     quiet_wait_s: float = 0.0
     """Time spent waiting for other work on the machine to calm down first."""
+    flood: dict[str, float] = field(default_factory=dict)
+    """The flood scenario's raw figures (bystander RTTs in ms, flood lines)."""
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -277,21 +312,112 @@ def _idle_run(scenario: Scenario, server: launch.Server) -> tuple[procstat.Sampl
         proc.stderr.close()
 
 
+def _json_line(proc: subprocess.Popen[bytes], timeout: float, what: str) -> dict[str, Any]:
+    """The next JSON line a loadgen process prints, waiting at most *timeout* s."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else b""
+    if not line.strip():
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate(timeout=30)
+        why = f"no answer in {timeout:g} s" if not ready else f"exit {proc.returncode}"
+        raise RuntimeError(f"{what}: {why} {err.decode(errors='replace').strip()[-500:]}")
+    data: dict[str, Any] = json.loads(line)
+    if "error" in data:
+        raise RuntimeError(f"{what}: {data['error']}")
+    return data
+
+
+def _flood_run(scenario: Scenario, port: int) -> dict[str, float]:
+    """A bystander's NOOP round trips while another client floods the server.
+
+    Two loadgen processes, each with its own connection: the bystander
+    connects first (EHLO, a few unmeasured NOOPs), then the flood starts and
+    keeps ``scenario.flood`` NOOP lines unanswered; once its first replies
+    are back the bystander times its round trips for ``scenario.seconds``;
+    then the flood stops.
+    """
+    base = [sys.executable, str(LOADGEN), "--port", str(port), "--cpu", str(launch.CLIENT_CPU)]
+    bystander_argv = base + ["--bystander", str(scenario.messages)]
+    bystander_argv += ["--max-seconds", str(scenario.seconds)]
+    # The flood outlives the bystander by far unless told to stop; its own
+    # bound only matters if this orchestrator dies.
+    flood_argv = base + ["--flood", str(scenario.flood)]
+    flood_argv += ["--max-seconds", str(scenario.seconds * 2 + 120)]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(argv: list[str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        procs.append(proc)
+        return proc
+
+    try:
+        bystander = start(bystander_argv)
+        _json_line(bystander, 30, "bystander")
+        flood = start(flood_argv)
+        ready = _json_line(flood, 30, "flood")
+        assert bystander.stdin is not None and flood.stdin is not None
+        bystander.stdin.write(b"\n")
+        bystander.stdin.flush()
+        # A round trip started just before the time is up may take long.
+        timed = _json_line(bystander, scenario.seconds + 90, "bystander")
+        flood.stdin.write(b"\n")
+        flood.stdin.flush()
+        flooded = _json_line(flood, 30, "flood")
+        for proc in procs:
+            proc.wait(30)
+            if proc.returncode != 0:
+                raise RuntimeError(f"loadgen exit {proc.returncode}")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
+    if flooded.get("stopped_by") != "stdin":
+        raise RuntimeError(f"the flood stopped before the bystander was done: {flooded}")
+    rtt = timed["rtt_ms"]
+    return {
+        "round_trips": timed["round_trips"],
+        "bystander_seconds": timed["seconds"],
+        **{f"rtt_{key}_ms": float(value) for key, value in rtt.items()},
+        "flood_lines": flooded["lines"],
+        "flood_seconds": flooded["seconds"],
+        "flood_in_flight_at_start": ready["ready"],
+        "flood_in_flight_mean": flooded["in_flight_mean"],
+        "bystander_cpu_s": timed["cpu_s"],
+        "flood_cpu_s": flooded["cpu_s"],
+    }
+
+
 def compute_metrics(scenario: Scenario, r: RunResult) -> dict[str, float]:
     out: dict[str, float] = {}
     if scenario.idle:
         out["kib_per_conn"] = (r.rss_after_kib - r.rss_before_kib) / scenario.idle
         return out
+    # Shares of the client's whole lifetime, the span the CPU samples cover.
+    utilisation = {
+        "server_cpu_util": r.server_cpu_s / r.client_wall_s,
+        "client_cpu_util": r.client_cpu_s / r.client_wall_s,
+        "background_cpus": r.other_cpu_s / r.client_wall_s,
+    }
+    if scenario.flood:
+        f = r.flood
+        out["rtt_median_ms"] = f["rtt_median_ms"]
+        out["rtt_p99_ms"] = f["rtt_p99_ms"]
+        out["rtt_max_ms"] = f["rtt_max_ms"]
+        out["round_trips"] = f["round_trips"]
+        out["flood_lines_per_s"] = f["flood_lines"] / f["flood_seconds"]
+        out["peak_rss_mib"] = r.hwm_kib / 1024
+        return out | utilisation
     out["msgs_per_s"] = r.messages / r.seconds
     out["mb_per_s"] = r.payload_bytes / r.seconds / 1e6
     out["cpu_us_per_msg"] = r.server_cpu_s / r.messages * 1e6
     out["peak_rss_mib"] = r.hwm_kib / 1024
     out["rss_growth_mib"] = (r.hwm_kib - r.rss_before_kib) / 1024
-    # Shares of the client's whole lifetime, the span the CPU samples cover.
-    out["server_cpu_util"] = r.server_cpu_s / r.client_wall_s
-    out["client_cpu_util"] = r.client_cpu_s / r.client_wall_s
-    out["background_cpus"] = r.other_cpu_s / r.client_wall_s
-    return out
+    return out | utilisation
 
 
 def run_one(
@@ -327,9 +453,17 @@ def run_one(
             busy = procstat.system_busy_seconds()
             children = resource.getrusage(resource.RUSAGE_CHILDREN)
             client_started = time.perf_counter()
-            result.client, result.seconds = _client_run(
-                scenario, server.port, tls if scenario.tls else None, client
-            )
+            if scenario.flood:
+                result.client = "python"
+                result.flood = _flood_run(scenario, server.port)
+                result.seconds = result.flood["bystander_seconds"]
+                result.messages = int(result.flood["round_trips"])
+            else:
+                result.client, result.seconds = _client_run(
+                    scenario, server.port, tls if scenario.tls else None, client
+                )
+                result.messages = scenario.messages
+                result.payload_bytes = scenario.messages * scenario.size
             result.client_wall_s = time.perf_counter() - client_started
             after = procstat.sample(server.pid)
             busy = procstat.system_busy_seconds() - busy
@@ -340,8 +474,6 @@ def run_one(
             result.other_cpu_s = max(
                 0.0, busy - result.client_cpu_s - (after.cpu_seconds - before.cpu_seconds)
             )
-            result.messages = scenario.messages
-            result.payload_bytes = scenario.messages * scenario.size
             result.server_cpu_s = after.cpu_seconds - before.cpu_seconds
             result.rss_after_kib = after.rss_kib
             result.hwm_kib = after.hwm_kib
