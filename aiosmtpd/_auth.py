@@ -43,7 +43,7 @@ class LoginPassword(NamedTuple):
 
     def __str__(self) -> str:
         # Never show the password; never raise (a non-UTF-8 login made
-        # upstream's repr raise, smtp.md 3.3).
+        # upstream's repr raise; a deviation listed in CHANGES.rst).
         login = self.login.decode("utf-8", errors="backslashreplace")
         return f"LoginPassword(login='{login}', password=...)"
 
@@ -124,7 +124,8 @@ def decode_b64(blob: Union[str, bytes]) -> bytes:
 
     RFC 4954 section 4 defines ``=`` as an empty response; CPython 3.11 made
     validating base64 decoding reject it, so upstream's behaviour depended on
-    the Python version (auth-tls 4.1).  Raises :class:`binascii.Error`.
+    the Python version (a deviation listed in CHANGES.rst).  Raises
+    :class:`binascii.Error`.
     """
     if isinstance(blob, str):
         blob = blob.encode("ascii", errors="replace")
@@ -217,7 +218,7 @@ class AuthMixin:
         return getattr(self if builtin else self.event_handler, name), builtin
 
     def _auth_advertised(self) -> bool:
-        # Decision (smtp.md 8.2): no "250-AUTH " line with an empty registry.
+        # Deviation (CHANGES.rst): no "250-AUTH " line with an empty registry.
         return bool(self._auth_methods) and (
             not self._auth_require_tls or self._tls_active
         )
@@ -252,9 +253,10 @@ class AuthMixin:
         await self.push(b"334 " + challenge)
         line = await self._readline()
         if line is None:
-            # The text asyncio's stream reader used (replies.md, AUTH table).
+            # The text asyncio's stream reader used in 1.4.6 (docs/decisions.rst,
+            # "An over-long AUTH response").
             raise ResponseTooLong("Separator is found, but chunk is longer than limit")
-        # Decision (smtp.md 7.5): an answering client is not idle.
+        # Deviation (CHANGES.rst): an answering client is not idle.
         self._reset_timeout()
         if log_client_response:
             warnings.warn("AUTH interaction logging is enabled!", stacklevel=2)
@@ -268,7 +270,7 @@ class AuthMixin:
         try:
             return decode_b64(blob)
         except binascii.Error:
-            # Decision (auth-tls 8): the blob may be a mistyped secret.
+            # Deviation (CHANGES.rst): the blob may be a mistyped secret.
             log.debug("%r can't decode base64", peer)
             await self.push("501 5.5.2 Can't decode base64")
             return MISSING
@@ -337,7 +339,7 @@ class AuthMixin:
             await self.push("503 Already authenticated")
             return
         if self.envelope.mail_from:
-            # Decision (auth-tls 2.1): RFC 4954 forbids AUTH in a transaction.
+            # Deviation (CHANGES.rst): RFC 4954 forbids AUTH in a transaction.
             await self.push("503 5.5.1 Error: MAIL transaction in progress")
             return
         # str.split() also splits on "\x1c".."\x1f" and Unicode spaces, which
@@ -369,7 +371,7 @@ class AuthMixin:
         await self._apply_auth_result(result)
 
     def _find_mechanism(self, name: str) -> Optional[str]:
-        # Decision (auth-tls 2.1): SASL names are case-insensitive; the
+        # Deviation (CHANGES.rst): SASL names are case-insensitive; the
         # registry's spelling is what handlers and mechanisms see.
         if name in self._auth_methods:
             return name
@@ -396,7 +398,7 @@ class AuthMixin:
             await self.push("535 5.7.8 Authentication credentials invalid")
         else:
             # Legacy "identity" result; upstream forgot to mark the session
-            # authenticated (auth-tls 2.4).
+            # authenticated (a deviation listed in CHANGES.rst).
             session.login_data = result
             session.authenticated = True
             session.auth_data = result

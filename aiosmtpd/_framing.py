@@ -5,7 +5,8 @@ Pure code, no I/O.  The protocol appends received bytes to one ``bytearray``;
 line at a time, and never copies a line.  Only ``CRLF . CRLF`` ends the data:
 a bare LF or CR never ends a line (the SMTP smuggling class of bugs).
 
-Line-length and size limits follow upstream's rules (smtp.md 8.8):
+Line-length and size limits follow upstream's rules (docs/decisions.rst,
+"DATA line and size limits"):
 
 * a line is the run of bytes up to and including CRLF, *before* dot
   un-stuffing; it is too long when it is longer than ``line_limit``;

@@ -1,4 +1,4 @@
-"""The PROXY protocol step at the start of an SMTP connection (proxy-protocol 1.2).
+"""The PROXY protocol step at the start of an SMTP connection (docs/proxyprotocol.rst).
 
 The header is parsed straight from the connection's receive buffer; bytes
 after it stay there for the SMTP session.
@@ -44,7 +44,7 @@ async def accept_proxy_header(server: SMTP) -> bool:
         try:
             status = await server._call_handler_hook("PROXY", proxy_data)
         except Exception:
-            # Decision (proxy-protocol 1.2): upstream left the connection
+            # Deviation (CHANGES.rst): upstream left the connection
             # hanging until the PROXY timer fired.
             log.exception("%r handle_PROXY raised an exception", peer)
             status = False

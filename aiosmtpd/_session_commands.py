@@ -88,7 +88,7 @@ class SessionCommandsMixin:
         if self.enable_SMTPUTF8:
             lines.append("250-SMTPUTF8")
             size_allowance += 10  # RFC 6531 SMTPUTF8 on MAIL
-        # Recomputed at each EHLO, never accumulated (smtp.md 6.3).
+        # Recomputed at each EHLO, never accumulated (deviation, CHANGES.rst).
         self.command_size_limits["MAIL"] = self.command_size_limit + size_allowance
         if self.tls_context and not self._tls_active:
             lines.append("250-STARTTLS")
@@ -127,7 +127,7 @@ class SessionCommandsMixin:
         if ehlo_hook is None:
             await self._push_lines(lines)
             return
-        # Decision (smtp.md 8.2): the deprecated ehlo_hook runs just before
+        # Deviation (CHANGES.rst): the deprecated ehlo_hook runs just before
         # the final line, as upstream documented, not before the first.
         await self._push_lines(lines[:-1])
         if self._run is DRIVING:
@@ -178,11 +178,11 @@ class SessionCommandsMixin:
             return
         address, _ = self._getaddr(arg)
         if address is None:
-            # Decision (smtp.md 8.9): only MAIL and RCPT refuse "<a@b";
-            # VRFY keeps accepting free text, as upstream did.
+            # Only MAIL and RCPT refuse "<a@b"; VRFY keeps accepting free
+            # text, as upstream did (docs/decisions.rst, "Address syntax").
             address, _ = get_address(arg, self.local_part_limit, require_closing_bracket=False)
         if address is None:
-            # Echo no control bytes (smtp.md 7.4) and, with SMTPUTF8, no
+            # Echo no control bytes (CHANGES.rst) and, with SMTPUTF8, no
             # undecodable bytes (surrogates would make push() raise).
             shown = control_chars_to_question_marks(arg).encode("utf-8", "replace").decode()
             await self.push(f"502 Could not VRFY {shown}")

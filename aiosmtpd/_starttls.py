@@ -87,7 +87,8 @@ class StartTLSMixin:
             raise
         except Exception as error:
             # A client that disconnects mid-handshake is a failed handshake
-            # too: handle_exception sees it (auth-tls 9.5).
+            # too: handle_exception sees it, as in 1.4.6 (docs/tls.rst,
+            # "When the handshake fails").
             raise TLSSetupException("Unable to set up TLS") from error
         if tls_transport is None:  # pragma: no cover - start_tls returns one
             raise TLSSetupException("Unable to set up TLS")

@@ -105,7 +105,7 @@ class TransactionMixin:
         size = params.pop("SIZE", None)
         if size is not None:
             # Only ASCII digits: int() would accept other Unicode digits,
-            # or raise on some of them (smtp.md 8.6).
+            # or raise on some of them (CHANGES.rst, "SIZE= with non-ASCII digits").
             if isinstance(size, bool) or not (size.isascii() and size.isdigit()):
                 await self.push(syntaxerr)
                 return
@@ -142,7 +142,7 @@ class TransactionMixin:
             await self.push(syntaxerr)
             return
         address, rest = self._getaddr(arg)
-        # Decision (smtp.md 8.9): there is no null forward-path.
+        # Deviation (CHANGES.rst): there is no null forward-path.
         if address is None or address == "<>":
             await self.push("553 5.1.3 Error: malformed address")
             return
@@ -209,7 +209,7 @@ class TransactionMixin:
                 try:
                     content = original_content.decode("ascii", errors="strict")
                 except UnicodeDecodeError:
-                    # Decision (smtp.md 8.8): reset here too, as after the
+                    # Deviation (CHANGES.rst): reset here too, as after the
                     # other DATA errors.
                     await self._data_failed("500 Error: strict ASCII mode")
                     return
@@ -288,7 +288,7 @@ class TransactionMixin:
                     del buf[:consumed]
                     return reader
                 seen -= size - len(buf)  # feed() may drop bytes from the front
-                # Decision (smtp.md 7.5): a client that keeps completing
+                # Deviation (CHANGES.rst): a client that keeps completing
                 # lines is not idle.  Only a CRLF received since the last
                 # wake-up counts, and data already rejected earns no time.
                 if reader.error is None and buf.find(b"\r\n", max(0, seen - 1)) >= 0:

@@ -10,7 +10,8 @@ from aiosmtpd.smtp import MISSING, SMTP, syntax
 __all__ = ["LMTP"]
 
 # LHLO is the greeting of LMTP, so it must pass the STARTTLS gate; EHLO stays
-# allowed there only to get its "not recognized" reply (lmtp.md 4, item 2).
+# allowed there only to get its "not recognized" reply (docs/decisions.rst,
+# "EHLO before STARTTLS in LMTP").
 _ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "LHLO", "EHLO", "STARTTLS", "QUIT"})
 
 

@@ -21,7 +21,8 @@ I/O.  Two entry points sit on top of it:
       SMTP session.
     * ``(n, data)`` with ``not data.valid`` - the header is invalid (or, with
       ``eof=True``, the stream ended inside it); ``data.error`` holds one of
-      the error texts of the spec, and a WARNING was logged on ``mail.debug``.
+      1.4.6's error texts (docs/proxyprotocol.rst lists them), and a WARNING
+      was logged on ``mail.debug``.
       ``n`` is informational only (how many bytes were judged); the
       connection is to be closed without a reply.
 
@@ -38,7 +39,7 @@ I/O.  Two entry points sit on top of it:
     most that many bytes can never swallow bytes that follow the header.
 
 :func:`get_proxy` is the thin coroutine over an :class:`AsyncReader` (such
-as ``asyncio.StreamReader``) required by the spec: it reads at most ``need``
+as ``asyncio.StreamReader``) that 1.4.6 offers: it reads at most ``need``
 bytes at a time, so it never reads past the header.  When the stream ends
 inside a v1 line it asks the reader's ``readuntil()``, whose answer (raise,
 or return the cut line) decides the error, as in 1.4.6.
@@ -183,7 +184,7 @@ def _walk_tlvs(data: bytes | bytearray, base: int, values: dict[str, Any],
             raise UnknownTypeTLV(name)
         loc[name] = base + pos
         value = data[start:stop]
-        # Sub-TLVs are parsed one level deep only: the PROXY spec nests nothing
+        # Sub-TLVs are parsed one level deep only: HAProxy's spec nests nothing
         # inside SSL, and unbounded recursion would let a header crash us.
         if type_num == _TLV_SSL and not in_ssl:
             _parse_ssl(value, base + start, values, loc, strict=strict)
@@ -306,7 +307,7 @@ class ProxyData:
             try:
                 self._tlv = ProxyTLV.from_raw(self.rest)
             except Exception:
-                pass  # the spec wants None for anything that is not TLV data
+                pass  # None for anything that is not TLV data (CHANGES.rst: never raises)
         return self._tlv
 
     def with_error(self, error_msg: str, log_prefix: bool = True) -> ProxyData:
@@ -417,7 +418,7 @@ def _scan_v1(buf: bytes | bytearray, eof: bool) -> ProxyScan:
 
 
 def _parse_v1(raw: bytes) -> ProxyData:
-    """Checks in the order the spec prescribes (proxy-protocol.md 5.1)."""
+    """Checks in 1.4.6's order (docs/decisions.rst, "PROXY header checks")."""
     data = ProxyData(version=1)
     data.whole_raw = bytearray(raw)
     line = raw[len(_V1_MAGIC):]
@@ -479,8 +480,9 @@ def _scan_v2(buf: bytes | bytearray, eof: bool) -> ProxyScan:
     have = len(buf)
     sig_have = min(have, len(V2_SIGNATURE))
     data = ProxyData(version=2)
-    # Each check runs as soon as its byte is there (same order as the spec),
-    # so garbage is rejected without waiting for a full preamble.
+    # Each check runs as soon as its byte is there, so garbage is rejected
+    # without waiting for a full preamble; the order is 1.4.6's
+    # (docs/decisions.rst, "PROXY header checks").
     if buf[:sig_have] != V2_SIGNATURE[:sig_have]:
         return _reject(_mismatch_at(buf, V2_SIGNATURE) + 1, data, "PROXYv2 wrong signature")
     if have < len(V2_SIGNATURE):

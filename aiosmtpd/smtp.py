@@ -170,7 +170,7 @@ def _fqdn() -> str:
 class _CommandSizeLimits(dict[str, int]):
     """Per-instance command size limits; missing keys give the default
     without being inserted (upstream's class-wide defaultdict grew and was
-    shared between connections, smtp.md 6.3)."""
+    shared between connections; a deviation listed in CHANGES.rst)."""
 
     __slots__ = ("default",)
 
@@ -550,7 +550,7 @@ class SMTP(
             transport = self._writer_view._transport
         transport.write(data + b"\r\n")
         if log.isEnabledFor(logging.DEBUG):
-            # One record per reply line, as upstream logs them (smtp.md 10).
+            # As upstream logs them (docs/decisions.rst, "One log record per reply line").
             for line in lines or (data,):
                 log.debug("%r << %r", self.session.peer if self.session else None, line)
         if self._paused:  # type: ignore[attr-defined]

@@ -7,13 +7,13 @@ over loopback sockets. Both implementations run the same server script (the
 public ``SMTP`` class as an asyncio protocol factory, one listener per
 configuration), receive the same raw bytes and must send back the same bytes.
 
-Where a Decision in shared/spec changes a reply on purpose, the case names the
-spec section and the one reply line that differs; every other byte must match.
-Each case also names a reply line upstream must send (``row``), which proves
-the script really reaches the row of spec/replies.md it is meant to cover.
+Where a deliberate deviation (CHANGES.rst) changes a reply on purpose, the case
+names that deviation and the one reply line that differs; every other byte must
+match. Each case also names a reply line upstream must send (``row``), which
+proves the script really reaches the reply it is meant to cover.
 
-Rows of replies.md §1-3 not covered here, and why: AUTH, STARTTLS, PROXY and
-LMTP rows (tested elsewhere); the inactivity timeout, client EOF and TLS
+Replies not covered here, and why: AUTH, STARTTLS, PROXY and LMTP replies
+(tested elsewhere); the inactivity timeout, client EOF and TLS
 handshake failure (no reply to compare, only timing); ``handle_exception``
 returning ``None`` (upstream hangs, so only a timed wait could observe it).
 """
@@ -131,7 +131,7 @@ asyncio.run(main())
 
 @dataclass(frozen=True)
 class Deviation:
-    """One reply line that a spec Decision changes on purpose."""
+    """One reply line that a deviation listed in CHANGES.rst changes on purpose."""
 
     spec: str
     upstream: bytes
@@ -154,8 +154,8 @@ def lines(*commands: bytes) -> bytes:
 
 
 LONG_ARG = b"x" * 2000
-# Limits (spec/smtp.md §6 step 8, §6.3): 512 bytes per command line, MAIL 538
-# after EHLO (+26 for SIZE), 548 with SMTPUTF8 (+10).
+# Limits (docs/decisions.rst, "Command line size limits"): 512 bytes per
+# command line, MAIL 538 after EHLO (+26 for SIZE), 548 with SMTPUTF8 (+10).
 NOOP_512 = b"NOOP " + b"x" * 507
 NOOP_513 = b"NOOP " + b"x" * 508
 
@@ -174,7 +174,7 @@ MALFORMED = b"553 5.1.3 Error: malformed address"
 HELP_LIST = b"Supported commands: AUTH DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY"
 
 CASES = [
-    # --- replies.md §1: connection level ---------------------------------
+    # --- connection level ----------------------------------------------
     Case("greeting", lines(b"QUIT"), b"220 diff.example Python SMTP 1.4.6", closes=True),
     Case(
         "line-over-reader-limit",
@@ -197,7 +197,7 @@ CASES = [
         "repeated-ehlo-mail-limit",
         lines(b"EHLO c", b"EHLO c", b"EHLO c", b"EHLO c", mail_line(600)),
         deviation=Deviation(
-            "smtp.md §6.3 (MAIL allowance recomputed, not grown)",
+            "CHANGES.rst (MAIL allowance recomputed, not grown)",
             b"250 OK",
             b"500 Command line too long",
         ),
@@ -214,7 +214,7 @@ CASES = [
         "unknown-command-control-chars",
         lines(b"NOOP\rJUNK"),
         deviation=Deviation(
-            "smtp.md §7.4 (control characters echoed as ?)",
+            "CHANGES.rst (control characters echoed as ?)",
             b'500 Error: command "NOOP\rJUNK" not recognized',
             b'500 Error: command "NOOP?JUNK" not recognized',
         ),
@@ -238,7 +238,7 @@ CASES = [
         lines(b"NOOP none", b"NOOP"),
         config="hooks",
         deviation=Deviation(
-            "smtp.md §9.5 (push() raises a descriptive TypeError)",
+            "CHANGES.rst (push() raises a descriptive TypeError)",
             b"500 Error: (AssertionError) ",
             b"500 Error: (TypeError) push() argument must be str or bytes, not NoneType",
         ),
@@ -248,7 +248,7 @@ CASES = [
         lines(b"NOOP int"),
         config="hooks",
         deviation=Deviation(
-            "smtp.md §9.5 (push() raises a descriptive TypeError)",
+            "CHANGES.rst (push() raises a descriptive TypeError)",
             b"500 Error: (AssertionError) ",
             b"500 Error: (TypeError) push() argument must be str or bytes, not int",
         ),
@@ -278,7 +278,7 @@ CASES = [
         b"451 4.3.0 handled ValueError",
         "asyncexc",
     ),
-    # --- replies.md §2: session and state guards -------------------------
+    # --- session and state guards ---------------------------------------
     Case(
         "helo-first",
         lines(b"MAIL FROM:<a@example.org>", b"RCPT TO:<b@example.org>", b"DATA"),
@@ -290,7 +290,7 @@ CASES = [
         b"530 5.7.0 Authentication required",
         config="authreq",
     ),
-    # --- replies.md §3: per command ----------------------------------------
+    # --- per command ---------------------------------------------------
     Case("helo", lines(b"HELO", b"HELO client.example", b"HELO a b"), b"250 diff.example"),
     Case("ehlo-default", lines(b"EHLO", b"EHLO client.example"), b"250-SIZE 33554432"),
     Case("ehlo-no-size", lines(b"EHLO c"), b"250-8BITMIME", config="nosize"),
@@ -333,7 +333,7 @@ CASES = [
         "mail-unterminated-angle-addr",
         lines(b"HELO c", b"MAIL FROM:<a@b"),
         deviation=Deviation(
-            "smtp.md §8.9 (angle-addr without '>' rejected)", b"250 OK", MALFORMED
+            "CHANGES.rst (angle-addr without '>' rejected)", b"250 OK", MALFORMED
         ),
     ),
     Case(
@@ -359,7 +359,7 @@ CASES = [
         lines(b"EHLO c", "MAIL FROM:<a@b> SIZE=\u00b2".encode()),
         config="utf8",
         deviation=Deviation(
-            "smtp.md §8.6 (only ASCII digits in SIZE=)",
+            "CHANGES.rst (only ASCII digits in SIZE=)",
             b"500 Error: (ValueError) invalid literal for int() with base 10: '\xc2\xb2'",
             SYN_MAIL_ESMTP,
         ),
@@ -386,14 +386,14 @@ CASES = [
         "rcpt-null-recipient",
         lines(b"HELO c", b"MAIL FROM:<a@b>", b"RCPT TO:<>"),
         deviation=Deviation(
-            "smtp.md §8.9 (null recipient rejected)", b"250 OK", MALFORMED, occurrence=2
+            "CHANGES.rst (null recipient rejected)", b"250 OK", MALFORMED, occurrence=2
         ),
     ),
     Case(
         "rcpt-unterminated-angle-addr",
         lines(b"HELO c", b"MAIL FROM:<a@b>", b"RCPT TO:<b@c"),
         deviation=Deviation(
-            "smtp.md §8.9 (angle-addr without '>' rejected)", b"250 OK", MALFORMED, occurrence=2
+            "CHANGES.rst (angle-addr without '>' rejected)", b"250 OK", MALFORMED, occurrence=2
         ),
     ),
     Case(
@@ -430,7 +430,7 @@ CASES = [
         lines(*TRANSACTION, b"DATA", b"caf\xc3\xa9", b".", b"MAIL FROM:<a@b>"),
         config="decode",
         deviation=Deviation(
-            "smtp.md §8.8 (envelope reset after the strict-ASCII failure)",
+            "CHANGES.rst (envelope reset after the strict-ASCII failure)",
             b"503 Error: nested MAIL command",
             b"250 OK",
         ),
@@ -583,7 +583,7 @@ def test_case_table_is_consistent() -> None:
     ids = [case.id for case in CASES]
     assert len(ids) == len(set(ids))
     for case in CASES:
-        # Every case must prove what it covers, or name the Decision it checks.
+        # Every case must prove what it covers, or name the deviation it checks.
         assert case.row is not None or case.deviation is not None, case.id
         assert case.script.endswith(b"\r\n"), case.id
 

@@ -1,7 +1,8 @@
 """DATA framing (aiosmtpd._framing) against naive reference implementations.
 
-The references below follow smtp.md 8.8 literally, one CRLF-delimited line at
-a time; the real code searches a buffer in large steps.  Hypothesis checks that
+The references below follow docs/decisions.rst, "DATA line and size limits",
+literally, one CRLF-delimited line at a time; the real code searches a buffer
+in large steps.  Hypothesis checks that
 both agree for any byte stream fed in any chunking.
 """
 

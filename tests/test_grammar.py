@@ -2,7 +2,8 @@
 
 ``get_address`` has a fast path for the common ``<local@domain>`` shape; it
 must accept exactly what the standard-library parser path accepts
-(smtp.md 8.9), so the two are compared on generated input.
+(docs/decisions.rst, "Address syntax"), so the two are compared on generated
+input.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def test_fast_path_is_taken_for_common_addresses() -> None:
         ("<@route:a@b>", ("a@b", "")),
         ('<"quoted local"@b>', ('"quoted local"@b', "")),
         ("foo bar", ('"foo bar"', "")),
-        # Decision (smtp.md 8.9): an angle-addr must have its '>'.
+        # Deviation (CHANGES.rst): an angle-addr must have its '>'.
         ("<a@b", (None, None)),
         ("<a@b SIZE=1", (None, None)),
         ("<", (None, None)),

@@ -36,7 +36,7 @@ def test_module_surface() -> None:
 
     assert main_module.__all__ == ["main"]
     assert main_module.DATA_SIZE_DEFAULT == smtp.DATA_SIZE_DEFAULT == 33554432
-    # The spec's default listening port; the tests below only parse it, never bind it.
+    # 1.4.6's default port (docs/cli.rst); the tests below only parse it, never bind it.
     assert DEFAULT_PORT == 8025
 
 

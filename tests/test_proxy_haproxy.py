@@ -1,4 +1,4 @@
-"""PROXY protocol headers produced by a real HAProxy (spec: proxy-protocol.md).
+"""PROXY protocol headers produced by a real HAProxy (docs/proxyprotocol.rst).
 
 Each test starts ``haproxy -db`` (foreground) on loopback with a generated
 configuration, waits until its frontend accepts connections, and stops it at

@@ -1,4 +1,4 @@
-"""Unit and property tests for aiosmtpd.proxy_protocol (spec: proxy-protocol.md §2-§6).
+"""Unit and property tests for aiosmtpd.proxy_protocol (docs/proxyprotocol.rst).
 
 The parser is pure, so most cases feed it bytes directly; get_proxy() is also
 driven through real loopback sockets and through a real asyncio.StreamReader.
@@ -199,7 +199,7 @@ def final(buf: bytes) -> ProxyData:
 
 
 # ---------------------------------------------------------------------------
-# module surface (§2)
+# module surface
 
 
 def test_all_exact_order() -> None:
@@ -248,7 +248,7 @@ def test_logger_name(caplog: pytest.LogCaptureFixture) -> None:
 
 
 # ---------------------------------------------------------------------------
-# ProxyData (§3)
+# ProxyData
 
 EMPTY_REPR = ("ProxyData(version=1, command=None, family=None, protocol=None, src_addr=None, "
               "dst_addr=None, src_port=None, dst_port=None, rest=b'', "
@@ -329,7 +329,7 @@ def test_tlv_property_caches_and_never_raises() -> None:
 
 
 # ---------------------------------------------------------------------------
-# ProxyTLV (§4)
+# ProxyTLV
 
 
 def test_tlv_class_shape() -> None:
@@ -450,7 +450,7 @@ def test_tlv_from_raw_and_same_attribs() -> None:
 
 
 # ---------------------------------------------------------------------------
-# version 1 (§5.1)
+# version 1 (checks in 1.4.6's order: docs/decisions.rst, "PROXY header checks")
 
 V1_VALID = [
     (b"PROXY TCP4 198.51.100.7 203.0.113.25 40000 25\r\n",
@@ -579,7 +579,7 @@ def test_v1_partial_fields_are_kept() -> None:
 
 
 # ---------------------------------------------------------------------------
-# version 2 (§5.2)
+# version 2 (checks in 1.4.6's order too)
 
 
 @pytest.mark.parametrize("cmd", [0, 1])
@@ -834,8 +834,8 @@ def test_socket_peer_closes_early() -> None:
 
 # A v1 line cut by the end of the stream: get_proxy reads the line with the
 # reader's readuntil(), so that method decides (CHANGES.rst, PROXY protocol).
-# StreamReader raises IncompleteReadError: "PROXY exception: ..." as the spec
-# observed; a reader that returns what it has hands over a line without CRLF,
+# StreamReader raises IncompleteReadError: "PROXY exception: ..." as with
+# 1.4.6; a reader that returns what it has hands over a line without CRLF,
 # which the v1 rules call "PROXYv1 malformed".
 
 CUT_V1 = [

@@ -1,4 +1,4 @@
-"""The public surface of aiosmtpd.smtp (smtp.md 1-4): names, classes, constructor."""
+"""The public surface of aiosmtpd.smtp (docs/smtp.rst): names, classes, constructor."""
 
 from __future__ import annotations
 
@@ -179,7 +179,7 @@ def test_login_password() -> None:
     assert str(lp) == repr(lp) == "LoginPassword(login='user', password=...)"
     assert "secret" not in repr(lp)
     assert isinstance(lp, tuple)
-    # Decision (smtp.md 3.3): never raise for non-UTF-8 logins.
+    # Deviation (CHANGES.rst): never raise for non-UTF-8 logins.
     odd = LoginPassword(b"\xffuser", b"x")
     assert repr(odd) == "LoginPassword(login='\\xffuser', password=...)"
     assert str(odd) == repr(odd)

@@ -1,4 +1,4 @@
-"""The AUTH command, its mechanisms and credential checking (spec/auth-tls.md 2-7).
+"""The AUTH command, its mechanisms and credential checking (docs/auth.rst).
 
 The server runs on loopback in a thread; clients are raw sockets (to see
 every reply byte), smtplib and aiosmtplib.  Most tests use
@@ -467,7 +467,7 @@ def test_custom_mechanism_legacy_identity(serve: Any, connect: Any) -> None:
     port = serve(handler, auth_require_tls=False, auth_required=True)
     client = connect(port)
     assert client.cmd("AUTH LEGACY") == OK
-    # Decision (auth-tls 2.4): the legacy identity authenticates the session.
+    # Deviation (CHANGES.rst): the legacy identity authenticates the session.
     assert client.cmd("AUTH LEGACY") == b"503 Already authenticated"
     assert client.cmd("MAIL FROM:<a@example.com>") == b"250 OK"
     assert client.cmd("NOOP") == b"250 OK"

@@ -1,4 +1,4 @@
-"""Every command's replies (replies.md sections 1-3 and 5) over loopback sockets."""
+"""Every command's replies, deviations from 1.4.6 included, over loopback sockets."""
 
 from __future__ import annotations
 
@@ -143,7 +143,8 @@ def test_half_close_after_pipelined_noops(server: Any) -> None:
         lines = []
         while (line := c.line()) != b"":
             lines.append(line)
-        # Answers to buffered commands may or may not arrive (smtp.md 5.3),
+        # Answers to buffered commands may or may not arrive (docs/decisions.rst,
+        # "End of file from the client"),
         # but the server must close the connection.
         assert set(lines) <= {b"250 OK"}
 
@@ -212,7 +213,7 @@ def test_connection_logs(server: Any, caplog: Any) -> None:
     assert levels["_handle_client readline: b'NOOP hello\\r\\n'"] == logging.DEBUG
 
 
-# -- State guards (replies.md section 2) ---------------------------------------------
+# -- State guards ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("command", ["MAIL FROM:<a@b>", "RCPT TO:<a@b>", "DATA", "MAIL", "RCPT"])
@@ -297,7 +298,7 @@ def test_ehlo_default(server: Any) -> None:
             {"auth_require_tls": False, "auth_exclude_mechanism": ["PLAIN"]},
             ["250-SIZE 33554432", "250-8BITMIME", "250-AUTH LOGIN"],
         ),
-        # Decision (smtp.md 8.2): no empty AUTH line.
+        # Deviation (CHANGES.rst): no empty AUTH line.
         (
             {"auth_require_tls": False, "auth_exclude_mechanism": ["PLAIN", "LOGIN"]},
             ["250-SIZE 33554432", "250-8BITMIME"],
@@ -470,7 +471,7 @@ def test_mail_smtputf8(start: ServerFactory) -> None:
 
 
 def test_mail_size_non_ascii_digits(start: ServerFactory) -> None:
-    # Decision (smtp.md 8.6): only ASCII digits; upstream crashed with 500.
+    # Deviation (CHANGES.rst): only ASCII digits; upstream crashed with 500.
     with start(enable_SMTPUTF8=True).client() as c:
         c.multi("EHLO x")
         assert c.cmd("MAIL FROM:<a@b> SIZE=²".encode()) == MAIL_ESYN
@@ -583,7 +584,7 @@ def test_vrfy(server: Any) -> None:
         assert c.cmd("VRFY foo bar") == (
             "252 Cannot VRFY user, but will accept message and attempt delivery"
         )
-        # smtp.md 8.9: only MAIL and RCPT refuse a missing '>'; VRFY stays
+        # Only MAIL and RCPT refuse a missing '>' (CHANGES.rst); VRFY stays
         # as lenient as upstream.
         assert c.cmd("VRFY <a@b") == (
             "252 Cannot VRFY user, but will accept message and attempt delivery"

@@ -1,4 +1,4 @@
-"""DATA content over loopback sockets: framing, limits, decoding (smtp.md 8.8)."""
+"""DATA content over loopback sockets: framing, limits, decoding (docs/smtp.rst)."""
 
 from __future__ import annotations
 
@@ -326,7 +326,7 @@ def test_decode_data_strict_ascii(start: ServerFactory) -> None:
     with srv.client() as c:
         begin(c)
         assert send_data(c, "café\r\n".encode()) == "500 Error: strict ASCII mode"
-        # Decision (smtp.md 8.8): the envelope is reset here too.
+        # Deviation (CHANGES.rst): the envelope is reset here too.
         assert c.cmd("MAIL FROM:<a@b>") == "250 OK"
         assert c.cmd("DATA") == "503 Error: need RCPT command"
     assert delivered(srv) == []

@@ -1,4 +1,4 @@
-"""Limits, counters and timers (smtp.md 6.3, 7) over loopback sockets."""
+"""Limits, counters and timers (docs/smtp.rst, Limits and Timeouts) over loopback sockets."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_mail_limit_with_smtputf8_and_without_size(start: ServerFactory) -> None
 
 
 def test_repeated_ehlo_does_not_grow_mail_limit(server: Any) -> None:
-    # Decision (smtp.md 6.3): recomputed at each EHLO, not accumulated.
+    # Deviation (CHANGES.rst): recomputed at each EHLO, not accumulated.
     with server.client() as c:
         for _ in range(5):
             c.multi("EHLO x")
@@ -302,7 +302,7 @@ def start_data(c: Any) -> None:
 
 
 def test_slow_data_lines_keep_connection_alive(start: ServerFactory) -> None:
-    # Decision (smtp.md 7.5): each complete DATA line restarts the timer.
+    # Deviation (CHANGES.rst): each complete DATA line restarts the timer.
     srv = start(timeout=1.0)
     with srv.client() as c:
         start_data(c)

@@ -1,4 +1,4 @@
-"""No secret reaches the logs (spec/auth-tls.md 8), and the log helpers.
+"""No secret reaches the logs (docs/auth.rst), and the log helpers.
 
 Every record of every logger is captured at DEBUG while real clients run
 complete AUTH exchanges over loopback; then no record may contain the

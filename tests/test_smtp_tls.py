@@ -1,4 +1,4 @@
-"""STARTTLS and implicit TLS (spec/auth-tls.md sections 9-11).
+"""STARTTLS and implicit TLS (docs/tls.rst).
 
 Every test talks to a real server over loopback, with certificates made at
 test time by trustme, and with real clients: smtplib, aiosmtplib, raw
@@ -268,7 +268,7 @@ def test_proxy_data_survives_starttls(serve: Any, certs: Certs) -> None:
     assert before is not after
     assert before.proxy_data is not None
     assert str(before.proxy_data.src_addr) == "192.0.2.7"
-    # Decision (auth-tls 9.4): it describes the connection, so it stays.
+    # Deviation (CHANGES.rst): it describes the connection, so it stays.
     assert after.proxy_data is before.proxy_data
     assert after.ssl is not None and before.ssl is None
 
