@@ -1,3 +1,3 @@
 """aiosmtpd - an asyncio based SMTP server."""
 
-__version__ = "1.4.6"
+__version__ = "1.5.0"

@@ -24,8 +24,11 @@ class LMTP(SMTP):
     requires, whenever the handler leaves the reply to the server (no
     ``handle_DATA``, or a "default" result) and for the server's own
     post-DATA errors. It is off by default because clients such as
-    :class:`smtplib.LMTP` read only one reply. Independently of the flag, a
-    ``handle_DATA`` returning a list or tuple gets one reply line per element.
+    :class:`smtplib.LMTP` read only one reply. It never multiplies a hook's
+    verdict: a ``handle_DATA`` returning one string, or raising, gets one
+    reply in both modes. Independently of the flag, a ``handle_DATA``
+    returning a list or tuple gets one reply line per element, however many
+    recipients there are.
     """
 
     # Kept for compatibility; upstream never used it either.

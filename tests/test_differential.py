@@ -12,6 +12,11 @@ names that deviation and the one reply line that differs; every other byte must
 match. Each case also names a reply line upstream must send (``row``), which
 proves the script really reaches the reply it is meant to cover.
 
+Our version differs from upstream's on purpose (1.5.0 against 1.4.6, see
+CHANGES.rst), and the version is the last word of the greeting: the greeting
+of ours is compared with upstream's after swapping the version, and must
+match byte for byte otherwise.
+
 Replies not covered here, and why: AUTH, STARTTLS, PROXY and LMTP replies
 (tested elsewhere); the inactivity timeout, client EOF and TLS
 handshake failure (no reply to compare, only timing); ``handle_exception``
@@ -33,11 +38,18 @@ from typing import IO, Optional
 
 import pytest
 
+import aiosmtpd
+
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_PYTHON = os.environ.get(
     "AIOSMTPD_UPSTREAM_PYTHON", "/opt/upstream-aiosmtpd/bin/python"
 )
 HOST = "127.0.0.1"
+UPSTREAM_VERSION = "1.4.6"
+# The one deliberate difference in every conversation: the greeting's version.
+GREETING = b"220 diff.example Python SMTP "
+UPSTREAM_GREETING = GREETING + UPSTREAM_VERSION.encode()
+OUR_GREETING = GREETING + aiosmtpd.__version__.encode()
 # Only a safety net against a server that never answers or never closes:
 # every conversation ends with the server closing the connection.
 IO_TIMEOUT = 15.0
@@ -175,7 +187,7 @@ HELP_LIST = b"Supported commands: AUTH DATA EHLO HELO HELP MAIL NOOP QUIT RCPT R
 
 CASES = [
     # --- connection level ----------------------------------------------
-    Case("greeting", lines(b"QUIT"), b"220 diff.example Python SMTP 1.4.6", closes=True),
+    Case("greeting", lines(b"QUIT"), UPSTREAM_GREETING, closes=True),
     Case(
         "line-over-reader-limit",
         b"NOOP " + LONG_ARG + b"\r\n" + lines(b"NOOP"),
@@ -467,7 +479,7 @@ class RunningServer:
         return self.stderr.read().decode(errors="replace")[-4000:]
 
 
-def start_server(argv: list[str], cwd: Path, env: dict[str, str]) -> RunningServer:
+def start_server(argv: list[str], cwd: Path, env: dict[str, str], version: str) -> RunningServer:
     stderr = tempfile.TemporaryFile()
     proc = subprocess.Popen(
         [*argv, "-c", SERVER_SCRIPT],
@@ -486,7 +498,7 @@ def start_server(argv: list[str], cwd: Path, env: dict[str, str]) -> RunningServ
             f"{argv[0]} did not start a server:\n{stderr.read().decode(errors='replace')}"
         )
     info = json.loads(first)
-    assert info["version"] == "1.4.6", info
+    assert info["version"] == version, info
     return RunningServer(proc, info["ports"], stderr)
 
 
@@ -518,8 +530,11 @@ def upstream_usable() -> Optional[str]:
         timeout=60,
         cwd=tempfile.gettempdir(),
     )
-    if probe.returncode != 0 or probe.stdout.strip() != "1.4.6":
-        return f"{UPSTREAM_PYTHON} cannot import aiosmtpd 1.4.6: {probe.stderr.strip()[-500:]}"
+    if probe.returncode != 0 or probe.stdout.strip() != UPSTREAM_VERSION:
+        return (
+            f"{UPSTREAM_PYTHON} cannot import aiosmtpd {UPSTREAM_VERSION}: "
+            f"{probe.stderr.strip()[-500:]}"
+        )
     return None
 
 
@@ -531,11 +546,13 @@ def servers() -> Iterator[tuple[RunningServer, RunningServer]]:
     if not (ROOT / "aiosmtpd" / "smtp.py").exists():
         pytest.skip("aiosmtpd/smtp.py does not exist yet")
     # -I: upstream must never see this checkout (nor PYTHONPATH, user site).
-    upstream = start_server([UPSTREAM_PYTHON, "-I"], Path(tempfile.gettempdir()), dict(os.environ))
+    upstream = start_server(
+        [UPSTREAM_PYTHON, "-I"], Path(tempfile.gettempdir()), dict(os.environ), UPSTREAM_VERSION
+    )
     try:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        ours = start_server([sys.executable], ROOT, env)
+        ours = start_server([sys.executable], ROOT, env, aiosmtpd.__version__)
     except BaseException:
         stop_server(upstream)
         raise
@@ -579,6 +596,12 @@ def expected_for_ours(case: Case, upstream: list[bytes]) -> list[bytes]:
     return expected
 
 
+def expected_greeting(upstream: list[bytes]) -> list[bytes]:
+    """Upstream's conversation with our version in its greeting."""
+    assert upstream[0] == UPSTREAM_GREETING, upstream
+    return [OUR_GREETING, *upstream[1:]]
+
+
 def test_case_table_is_consistent() -> None:
     ids = [case.id for case in CASES]
     assert len(ids) == len(set(ids))
@@ -596,14 +619,14 @@ def test_same_replies_as_upstream(
     script = case.script if case.closes else case.script + b"QUIT\r\n"
 
     upstream = converse(upstream_server.ports[case.config], script)
-    assert upstream[0] == b"220 diff.example Python SMTP 1.4.6", upstream
+    assert upstream[0] == UPSTREAM_GREETING, upstream
     if case.row is not None:
         assert case.row in upstream, (
             f"script does not reach the row it covers: {case.row!r} not in {upstream!r}"
         )
 
     ours = converse(our_server.ports[case.config], script)
-    expected = expected_for_ours(case, upstream)
+    expected = expected_for_ours(case, expected_greeting(upstream))
     assert ours == expected, (
         f"replies differ from upstream 1.4.6"
         f"{f' (allowed deviation: {case.deviation.spec})' if case.deviation else ''}\n"

@@ -137,10 +137,18 @@ def _cmd(sock: socket.socket, f: Any, line: bytes) -> bytes:
             return reply
 
 
-def _vanish(sock: socket.socket, rst: bool) -> None:
+def _close(sock: socket.socket, f: Any) -> None:
+    # The file from makefile() holds the descriptor open: sock.close() alone
+    # leaves the connection up until f is closed (or collected), and since
+    # Python 3.12.1 Server.wait_closed() waits for such a connection.
+    f.close()
+    sock.close()
+
+
+def _vanish(sock: socket.socket, f: Any, rst: bool) -> None:
     if rst:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
+    _close(sock, f)
 
 
 class Ledger:
@@ -165,7 +173,7 @@ def _envelope(sock: socket.socket, f: Any, rcpt: str = "b@example.com") -> None:
 def fault_mid_command(port: int, ledger: Ledger, rng: random.Random) -> None:
     sock, f = _connect(port)
     sock.sendall(rng.choice([b"MAIL FROM:<a@exa", b"EHLO", b"N", b"\x00" * 3000]))
-    _vanish(sock, rng.random() < 0.5)
+    _vanish(sock, f, rng.random() < 0.5)
 
 
 def fault_mid_data(port: int, ledger: Ledger, rng: random.Random) -> None:
@@ -173,7 +181,7 @@ def fault_mid_data(port: int, ledger: Ledger, rng: random.Random) -> None:
     _envelope(sock, f)
     assert _cmd(sock, f, b"DATA").startswith(b"354")
     sock.sendall(message(ledger.next_id())[: rng.randrange(1, 40)])
-    _vanish(sock, rng.random() < 0.5)
+    _vanish(sock, f, rng.random() < 0.5)
 
 
 def fault_after_dot(port: int, ledger: Ledger, rng: random.Random) -> None:
@@ -183,7 +191,7 @@ def fault_after_dot(port: int, ledger: Ledger, rng: random.Random) -> None:
     _envelope(sock, f, rng.choice(["b@example.com", "slow@example.com"]))
     assert _cmd(sock, f, b"DATA").startswith(b"354")
     sock.sendall(message(ledger.next_id()) + b".\r\n")
-    _vanish(sock, rng.random() < 0.5)
+    _vanish(sock, f, rng.random() < 0.5)
 
 
 def fault_mid_auth(port: int, ledger: Ledger, rng: random.Random) -> None:
@@ -192,7 +200,7 @@ def fault_mid_auth(port: int, ledger: Ledger, rng: random.Random) -> None:
     assert _cmd(sock, f, b"AUTH LOGIN").startswith(b"334 ")
     if rng.random() < 0.5:
         assert _cmd(sock, f, b"dXNlcg==").startswith(b"334 ")
-    _vanish(sock, rng.random() < 0.5)
+    _vanish(sock, f, rng.random() < 0.5)
 
 
 def fault_mid_tls(port: int, ledger: Ledger, rng: random.Random, certs: Certs) -> None:
@@ -206,7 +214,7 @@ def fault_mid_tls(port: int, ledger: Ledger, rng: random.Random, certs: Certs) -
             tls.do_handshake()
         hello = outgoing.read()
         sock.sendall(hello[: rng.randrange(1, len(hello))])
-    _vanish(sock, rng.random() < 0.5)
+    _vanish(sock, f, rng.random() < 0.5)
 
 
 def fault_handler_raises(port: int, ledger: Ledger, rng: random.Random) -> None:
@@ -217,7 +225,7 @@ def fault_handler_raises(port: int, ledger: Ledger, rng: random.Random) -> None:
     assert reply == b"451 4.3.0 Temporary failure\r\n"
     # The session survives a failing handler.
     assert _cmd(sock, f, b"NOOP") == b"250 OK\r\n"
-    _vanish(sock, rng.random() < 0.5)
+    _vanish(sock, f, rng.random() < 0.5)
 
 
 def complete(port: int, ledger: Ledger, rng: random.Random) -> None:
@@ -228,7 +236,7 @@ def complete(port: int, ledger: Ledger, rng: random.Random) -> None:
     msg_id = ledger.next_id()
     assert _cmd(sock, f, message(msg_id) + b".") == b"250 OK\r\n"
     ledger.accepted.append(msg_id)
-    _vanish(sock, rng.random() < 0.5)
+    _vanish(sock, f, rng.random() < 0.5)
 
 
 def test_vanishing_clients_lose_nothing_and_leak_nothing(lt: LoopThread, certs: Certs) -> None:
@@ -357,8 +365,7 @@ def test_stop_with_transactions_in_flight() -> None:
         rest = f.read()
         if b"250" in rest:
             late.append((stage, rest))
-        f.close()
-        sock.close()
+        _close(sock, f)
     assert late == []
     assert handler.cancelled == 12
     assert [m for m in ledger.accepted if handler.ids[m] != 1] == []
@@ -391,8 +398,7 @@ def test_controller_start_stop_cycles_leak_nothing() -> None:
             sock, f = _connect(controller.port)
             controller.stop()
             assert f.read() == b""  # the server hung up
-            f.close()
-            sock.close()
+            _close(sock, f)
         else:
             controller.stop()
     gc.collect()
@@ -411,6 +417,6 @@ def test_auth_plain_constant_is_valid(lt: LoopThread) -> None:
         sock, f = _connect(harness.port)
         _cmd(sock, f, b"EHLO c")
         assert _cmd(sock, f, AUTH_PLAIN.encode()) == b"235 2.7.0 Authentication successful\r\n"
-        sock.close()
+        _close(sock, f)
     finally:
         harness.close()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from aiosmtpd import lmtp
+from aiosmtpd import __version__, lmtp
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Sink
 from aiosmtpd.lmtp import LMTP
@@ -75,7 +75,7 @@ class RawClient:
 def raw(port: int) -> Iterator[RawClient]:
     client = RawClient(port)
     try:
-        assert client.reply() == [f"220 {HOSTNAME} Python SMTP 1.4.6"]
+        assert client.reply() == [f"220 {HOSTNAME} Python SMTP {__version__}"]
         yield client
     finally:
         client.close()
@@ -271,6 +271,33 @@ def test_sequence_result_one_reply_per_element(flag: bool, container: type) -> N
             "250 2.1.5 b@x delivered",
             "550 5.2.1 c@x disabled",
         ]
+
+
+def test_sequence_result_not_matched_to_recipients() -> None:
+    # The elements are sent as they are: the server neither pads nor trims
+    # the list to the number of recipients (CHANGES.rst, docs/lmtp.rst).
+    with lmtp_server(PickyHandler(["250 2.1.5 b@x delivered"]), per_recipient_replies=True) as port:
+        assert data_replies(port, ["b@x", "c@x"]) == ["250 2.1.5 b@x delivered"]
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_hook_error_replied_once(flag: bool) -> None:
+    class Failing(PickyHandler):
+        async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> Any:
+            raise ValueError("disk full")
+
+        async def handle_exception(self, error: Exception) -> str:
+            return "451 4.3.0 try again later"
+
+    with lmtp_server(Failing(), per_recipient_replies=flag) as port, raw(port) as client:
+        client.cmd("LHLO me")
+        client.cmd("MAIL FROM:<a@x>")
+        client.cmd("RCPT TO:<b@x>")
+        client.cmd("RCPT TO:<c@x>")
+        assert client.cmd("DATA") == ["354 End data with <CR><LF>.<CR><LF>"]
+        client.send(b"S: x\r\n\r\nbody\r\n.\r\nHELP LHLO\r\n")
+        assert client.reply() == ["451 4.3.0 try again later"]
+        assert client.reply() == [MARKER]
 
 
 def test_hook_pushing_intermediate_replies() -> None:

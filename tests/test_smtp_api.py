@@ -54,10 +54,17 @@ def test_all_exact() -> None:
         assert hasattr(smtp_module, name)
 
 
+def test_version_sorts_after_upstream() -> None:
+    # CHANGES.rst: 1.5.0, because the project offers more than upstream 1.4.6,
+    # while requirements such as ``aiosmtpd>=1.4`` still match.
+    assert aiosmtpd.__version__ == "1.5.0"
+    parts = tuple(int(part) for part in aiosmtpd.__version__.split("."))
+    assert parts > (1, 4, 6)
+
+
 def test_other_public_names() -> None:
-    assert smtp_module.__version__ == "1.4.6"
     assert smtp_module.__version__ is aiosmtpd.__version__
-    assert smtp_module.__ident__ == "Python SMTP 1.4.6"
+    assert smtp_module.__ident__ == f"Python SMTP {aiosmtpd.__version__}"
     assert smtp_module.CALL_LIMIT_DEFAULT == 20
     assert smtp_module.DATA_SIZE_DEFAULT == 33554432
     assert "AuthResult" not in smtp_module.__all__
@@ -460,7 +467,7 @@ def test_protocol_on_an_accepted_socket(lt: LoopThread) -> None:
     try:
         theirs.settimeout(10)
         f = theirs.makefile("rwb")
-        assert f.readline() == f"220 {HOSTNAME} Python SMTP 1.4.6\r\n".encode()
+        assert f.readline() == f"220 {HOSTNAME} Python SMTP {aiosmtpd.__version__}\r\n".encode()
         f.write(b"NOOP\r\n")
         f.flush()
         assert f.readline() == b"250 OK\r\n"

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from aiosmtpd import __version__
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from tests._server import (
     HOSTNAME,
@@ -20,7 +21,7 @@ from tests._server import (
 
 pytestmark = pytest.mark.timeout(30)
 
-GREETING = f"220 {HOSTNAME} Python SMTP 1.4.6"
+GREETING = f"220 {HOSTNAME} Python SMTP {__version__}"
 HELP_LIST = "Supported commands: AUTH DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY"
 MAIL_SYN = "501 Syntax: MAIL FROM: <address>"
 MAIL_ESYN = "501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]"
@@ -703,7 +704,7 @@ def test_each_reply_line_logged(server: Any, caplog: Any) -> None:
         peer = c.sock.getsockname()
     sent = [r.getMessage() for r in caplog.records if " << " in r.getMessage()]
     assert sent[:5] == [
-        f"{peer!r} << b'220 {HOSTNAME} Python SMTP 1.4.6'",
+        f"{peer!r} << b'{GREETING}'",
         f"{peer!r} << b'250-{HOSTNAME}'",
         f"{peer!r} << b'250-SIZE 33554432'",
         f"{peer!r} << b'250-8BITMIME'",

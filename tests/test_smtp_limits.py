@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from aiosmtpd import __version__
 from aiosmtpd.handlers import Sink
 from aiosmtpd.smtp import SMTP
 from tests._server import HOSTNAME, Recorder, ServerFactory
@@ -341,5 +342,5 @@ def test_timeout_during_data_without_lines(start: ServerFactory) -> None:
 def test_hostname_default(start: ServerFactory) -> None:
     srv = start(hostname=None)
     with srv.client() as c:
-        assert c.greeting[0] == f"220 {socket.getfqdn()} Python SMTP 1.4.6".encode()
+        assert c.greeting[0] == f"220 {socket.getfqdn()} Python SMTP {__version__}".encode()
     assert HOSTNAME != srv.last.hostname
