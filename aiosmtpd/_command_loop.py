@@ -12,6 +12,7 @@ the connection's Task reads the lines (``_serve_commands``).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Coroutine
@@ -423,6 +424,13 @@ class CommandLoopMixin:
             self._to(CLOSED)
             if task is not None and not task.done():
                 task.cancel()
+                coro = task.get_coro()
+                if inspect.iscoroutine(coro) and (
+                    inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
+                ):
+                    # Cancelled before its first step (the client's EOF came
+                    # in the same callback): its own cleanup never runs.
+                    self._lost_during_command()
         elif run is SUSPENDED:
             assert self._suspended is not None
             self._drive(self._suspended, asyncio.CancelledError())

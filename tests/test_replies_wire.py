@@ -355,11 +355,6 @@ def case(name: str, *steps: tuple[Send, Expect], **options: Any) -> Case:
     return Case(name, steps, **options)
 
 
-EOF_BUG = (
-    "aiosmtpd/_command_loop.py: a command line and the client's EOF delivered in one "
-    "callback (asyncio's TLS layer can do that) cancel the command's Task before it "
-    "starts, so _continue() never runs its cleanup and the server never closes"
-)
 
 CASES = [
     # -- The connection and the command gate ------------------------------------------
@@ -458,7 +453,7 @@ CASES = [
     case("conn-eof-while-hook-runs", ("HELO client.example", None), (Eof(), None), closes=True,
          handler=handler(handle_HELO=never_returns)),
     case("conn-eof-with-the-command-line", (Eof(b"HELO client.example\r\n"), None), closes=True,
-         handler=handler(handle_HELO=never_returns), bug={"inline": EOF_BUG}),
+         handler=handler(handle_HELO=never_returns)),
     case("conn-eof-in-data", HELO, MAIL, RCPT, DATA, (b"Subject: x\r\n", None), (Eof(), None),
          closes=True, handler=Recorder, check=lambda h: h.delivered == []),
     case("proxy-accepted", (PROXY_HEADER + b"NOOP\r\n", [GREETING, OK]),
