@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import ssl
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union, cast
 
 from aiosmtpd._hooks import syntax
 from aiosmtpd._inline import engine_class
@@ -67,18 +67,20 @@ class StartTLSMixin:
         if not self.tls_context:
             await self.push("454 TLS not available")
             return
-        transport = self.transport
+        # A server connection's transport reads and writes: asyncio.Transport
+        # (the attribute keeps upstream's wider type).
+        transport = cast(Optional[asyncio.Transport], self.transport)
         assert transport is not None and self.session is not None
         # Stop reading before the 220 goes out: what the client sends next is
         # its TLS handshake, which must reach the TLS layer, not our buffer.
-        transport.pause_reading()  # type: ignore[attr-defined]
+        transport.pause_reading()
         # RFC 3207 section 6: plaintext pipelined after STARTTLS is discarded,
         # never executed (the CVE-2024-34083 class).
         self._buf.clear()
         await self.push("220 Ready to start TLS")
         try:
             tls_transport = await self.loop.start_tls(
-                transport,  # type: ignore[arg-type]
+                transport,
                 self,  # type: ignore[arg-type]
                 self.tls_context,
                 server_side=True,
@@ -100,7 +102,7 @@ class StartTLSMixin:
             # TLS layer now reads) while a backlog arrived with the end of
             # the handshake; from here on pausing goes through tls_transport.
             self._reading_paused = False
-            transport.resume_reading()  # type: ignore[attr-defined]
+            transport.resume_reading()
         # The TLS layer under tls_transport: upstream's _tls_protocol.
         self._tls_protocol = transport.get_protocol()
         # As upstream's TLS layer did: connection_made() again, with the TLS

@@ -10,7 +10,7 @@ to run any more (every Task then waits for client bytes, or for a timer).
 Used by tests/test_replies_wire.py::
 
     with Wire(handler, hostname="test.example") as wire:
-        assert wire.greeting == ["220 test.example Python SMTP 1.4.6"]
+        assert wire.greeting == ["220 test.example Python SMTP 1.5.0"]
         assert wire.send(b"NOOP\\r\\n") == ["250 OK"]
         assert wire.send(b"QUIT\\r\\n") == ["221 Bye"]
         assert wire.closed

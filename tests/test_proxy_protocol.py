@@ -977,13 +977,21 @@ def test_prop_reader_returning_what_it_has(buf: bytes) -> None:
             assert lenient == strict
 
 
+def exploded6(address: Any) -> bytes:
+    """Eight 4-digit groups, whatever the address: since Python 3.13,
+    ``IPv6Address.exploded`` writes an IPv4-mapped address in dotted form,
+    which can make a valid-looking v1 line longer than the 107-byte limit."""
+    packed = address.packed
+    return b":".join(packed[i:i + 2].hex().encode() for i in range(0, 16, 2))
+
+
 v1_valid = st.builds(
     lambda six, a, b, p, q: (b"PROXY TCP%d %s %s %d %d\r\n" % (
         6 if six else 4, str(a).encode(), str(b).encode(), p, q), a, b, p, q),
     st.just(False), st.ip_addresses(v=4), st.ip_addresses(v=4),
     st.integers(0, 65535), st.integers(0, 65535)) | st.builds(
     lambda six, a, b, p, q: (b"PROXY TCP%d %s %s %d %d\r\n" % (
-        6 if six else 4, a.exploded.encode() if p % 2 else str(a).encode(),
+        6 if six else 4, exploded6(a) if p % 2 else str(a).encode(),
         str(b).encode(), p, q), a, b, p, q),
     st.just(True), st.ip_addresses(v=6), st.ip_addresses(v=6),
     st.integers(0, 65535), st.integers(0, 65535))
