@@ -120,7 +120,6 @@ class CommandGate:
     def admit(
         self,
         command: Command,
-        *,
         size_limit: int,
         tls_refused: bool = False,
         starttls_missing: bool = False,

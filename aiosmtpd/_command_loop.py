@@ -275,17 +275,16 @@ class CommandLoopMixin:
         command = parsed.verb
         method = self._command_method(command)
         starttls_missing = bool(self.require_starttls) and not self._tls_active
+        # Positional: this runs for every command.
         refusal = self._gate.admit(
             parsed,
-            size_limit=(
-                self.command_size_limits[command]
-                if self.session.extended_smtp
-                else self.command_size_limit
-            ),
-            tls_refused=not self._tls_handshake_okay,
-            starttls_missing=starttls_missing,
-            allowed_before_starttls=self._allowed_before_starttls() if starttls_missing else (),
-            known=method is not None,
+            self.command_size_limits[command]
+            if self.session.extended_smtp
+            else self.command_size_limit,
+            not self._tls_handshake_okay,
+            starttls_missing,
+            self._allowed_before_starttls() if starttls_missing else (),
+            method is not None,
         )
         if refusal is not None:
             why = refusal.why
@@ -375,7 +374,7 @@ class CommandLoopMixin:
         resumed by data_received) or must move into a Task."""
         self._suspended = None
         # _to(), inlined for the two moves every command makes.
-        assert DRIVING in NEXT[self._run], f"{self._run.value} -> driving"
+        assert self._run is IDLE or self._run is SUSPENDED, f"{self._run.value} -> driving"
         self._run = DRIVING
         try:
             awaited = command.send(None) if error is None else command.throw(error)
