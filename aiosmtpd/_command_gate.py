@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection, Mapping
-from typing import NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from aiosmtpd._grammar import control_chars_to_question_marks
 
@@ -98,6 +98,21 @@ def split_line(line: Optional[bytes], utf8: bool) -> Union[Command, Refusal]:
         except UnicodeDecodeError:
             return _NOT_ASCII
     return _new_tuple(Command, (command, arg, line))  # Command(...) minus a frame
+
+
+class CommandSizeLimits(dict[str, int]):
+    """Per-instance command size limits; missing keys give the default
+    without being inserted (upstream's class-wide defaultdict grew and was
+    shared between connections; a deviation listed in CHANGES.rst)."""
+
+    __slots__ = ("default",)
+
+    def __init__(self, default: int, *args: Any) -> None:
+        super().__init__(*args)
+        self.default = default
+
+    def __missing__(self, key: str) -> int:
+        return self.default
 
 
 class CommandGate:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd._auth import sanitized_log
-from aiosmtpd._command_gate import Command, CommandGate, Refusal, Why, split_line
+from aiosmtpd._command_gate import CommandGate, Refusal, Why, split_line
 from aiosmtpd._inline import (
     CLOSED,
     DRIVING,
@@ -268,10 +268,9 @@ class CommandLoopMixin:
                 sanitized_log(log.debug, "_handle_client readline: %r", line)
             sanitized_log(log.info, "%r >> %r", peer, line.rstrip(b"\r\n"))
         parsed = split_line(line, self.enable_SMTPUTF8)
-        if type(parsed) is Refusal:
+        if isinstance(parsed, Refusal):
             await self.push(parsed.reply)
             return True
-        assert type(parsed) is Command
         command = parsed.verb
         method = self._command_method(command)
         starttls_missing = bool(self.require_starttls) and not self._tls_active

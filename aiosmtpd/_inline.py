@@ -112,9 +112,17 @@ def _defining_class(cls: type, name: str) -> Optional[type]:
     return None
 
 
+_own_cache: dict[tuple[type, str], bool] = {}
+
+
 def is_own(cls: type, name: str) -> bool:
-    """Whether ``cls.<name>`` is aiosmtpd's own rather than a subclass's."""
-    return _defining_class(cls, name) in _ENGINE_CLASSES
+    """Whether ``cls.<name>`` is aiosmtpd's own rather than a subclass's
+    (asked at every DATA: cached per class)."""
+    key = (cls, name)
+    own = _own_cache.get(key)
+    if own is None:
+        own = _own_cache[key] = _defining_class(cls, name) in _ENGINE_CLASSES
+    return own
 
 
 def runs_commands_inline(cls: type) -> bool:

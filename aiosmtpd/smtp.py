@@ -49,7 +49,7 @@ from aiosmtpd._auth import AuthenticatorType as AuthenticatorType
 from aiosmtpd._auth import AuthResult as AuthResult
 from aiosmtpd._auth import login_always_fail as login_always_fail
 from aiosmtpd._command_gate import BOGUS_LIMIT as BOGUS_LIMIT
-from aiosmtpd._command_gate import CommandGate
+from aiosmtpd._command_gate import CommandGate, CommandSizeLimits
 from aiosmtpd._command_loop import CommandLoopMixin
 from aiosmtpd._discovery import (
     NO_HOOKS,
@@ -167,21 +167,6 @@ def _fqdn() -> str:
     return _fqdn_cache[1]
 
 
-class _CommandSizeLimits(dict[str, int]):
-    """Per-instance command size limits; missing keys give the default
-    without being inserted (upstream's class-wide defaultdict grew and was
-    shared between connections; a deviation listed in CHANGES.rst)."""
-
-    __slots__ = ("default",)
-
-    def __init__(self, default: int, *args: Any) -> None:
-        super().__init__(*args)
-        self.default = default
-
-    def __missing__(self, key: str) -> int:
-        return self.default
-
-
 @engine_class
 class SMTP(
     SessionCommandsMixin,
@@ -209,6 +194,9 @@ class SMTP(
         "_auth_required", "_auth_require_tls", "_authenticator", "_auth_callback",
         "_auth_methods", "_inline", "_run", "_suspended", "_turn", "_gate",
     )
+
+    # The command budgets, made when the greeting is sent (_begin_commands).
+    _gate: CommandGate
 
     command_size_limit = 512
     command_size_limits: MutableMapping[str, int] = {}
@@ -329,7 +317,7 @@ class SMTP(
             else:
                 raise TypeError("command_call_limit must be int or Dict[str, int]")
 
-        self.command_size_limits = _CommandSizeLimits(
+        self.command_size_limits = CommandSizeLimits(
             self.command_size_limit, type(self).command_size_limits
         )
         # Names only: binding a method per command per connection costs
@@ -352,8 +340,6 @@ class SMTP(
         self._suspended: Optional[Coroutine[Any, Any, bool]] = None
         # The next turn of the loop, when _pump left lines for it (fairness).
         self._turn: Optional[asyncio.Handle] = None
-        # Budgets start with the greeting (_begin_commands).
-        self._gate = CommandGate()
         self._original_transport: Optional[asyncio.BaseTransport] = None
         # The TLS layer once the connection is encrypted (STARTTLS or implicit
         # TLS); code written for upstream reads it to know whether TLS is on.
