@@ -182,6 +182,12 @@ class AuthMixin:
         auth_callback: Optional[AuthCallbackType],
         authenticator: Optional[AuthenticatorType],
     ) -> None:
+        if auth_required and not auth_require_tls:
+            warnings.warn(
+                "Requiring AUTH while not requiring TLS can lead to "
+                "security vulnerabilities!", stacklevel=3  # SMTP()'s caller
+            )
+            log.warning("auth_required == True but auth_require_tls == False")
         self._auth_required = auth_required
         self._auth_require_tls = auth_require_tls
         self._authenticator = authenticator

@@ -31,6 +31,24 @@ from aiosmtpd._grammar import control_chars_to_question_marks
 
 #: Unrecognised commands a client may send before it is disconnected.
 BOGUS_LIMIT = 5
+#: Calls of each command with ``command_call_limit`` on and no number for it.
+CALL_LIMIT_DEFAULT = 20
+
+
+def call_limits(
+    command_call_limit: Union[int, Mapping[str, int], None],
+) -> tuple[Optional[Mapping[str, int]], int]:
+    """``SMTP(command_call_limit=...)`` as the gate's (per-command limits,
+    default limit); ``None`` limits: no call limits at all."""
+    if command_call_limit is None:
+        return None, CALL_LIMIT_DEFAULT
+    if isinstance(command_call_limit, int):
+        return {}, command_call_limit
+    if isinstance(command_call_limit, dict):
+        if not all(isinstance(v, int) for v in command_call_limit.values()):
+            raise TypeError("All command_call_limit values must be int")
+        return command_call_limit, command_call_limit.get("*", CALL_LIMIT_DEFAULT)
+    raise TypeError("command_call_limit must be int or Dict[str, int]")
 
 
 class Why(enum.Enum):

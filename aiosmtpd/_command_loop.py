@@ -15,7 +15,7 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd._auth import sanitized_log
@@ -89,7 +89,7 @@ class CommandLoopMixin:
         _run: Run
         _suspended: Optional[Coroutine[Any, Any, bool]]
         _turn: Optional[asyncio.Handle]
-        _call_limit_base: Optional[dict[str, int]]
+        _call_limit_base: Optional[Mapping[str, int]]
         _call_limit_default: int
         _gate: CommandGate
         @property

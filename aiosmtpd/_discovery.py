@@ -8,7 +8,8 @@ and this runs for every connection, so the class part is computed once.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+import warnings
+from typing import Any, Callable, Optional
 
 _members_cache: dict[tuple[type, str], tuple[str, ...]] = {}
 
@@ -44,6 +45,26 @@ def command_names(server: Any) -> frozenset[str]:
 
 
 _ehlo_arity_cache: dict[Any, int] = {}
+
+
+def ehlo_hook_version(hook: Optional[Callable[..., Any]]) -> Optional[str]:
+    """Which ``handle_EHLO`` the handler has: ``None`` (none), ``"new"``
+    (5 arguments) or ``"old"`` (4, deprecated)."""
+    if hook is None:
+        return None
+    arity = ehlo_hook_arity(hook)
+    if arity == 5:
+        return "new"
+    if arity == 4:
+        warnings.warn(
+            "Use the 5-argument handle_EHLO() hook instead of "
+            "the 4-argument handle_EHLO() hook; "
+            "support for the 4-argument handle_EHLO() hook will be "
+            "removed in version 2.0",
+            DeprecationWarning, stacklevel=3,  # SMTP()'s caller
+        )
+        return "old"
+    raise RuntimeError("Unsupported EHLO Hook")
 
 
 def ehlo_hook_arity(hook: Callable[..., Any]) -> int:

@@ -7,7 +7,7 @@ after it stay there for the SMTP session.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from aiosmtpd._hooks import MISSING
 from aiosmtpd.proxy_protocol import scan_proxy_header
@@ -16,6 +16,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import SMTP
 
 log = logging.getLogger("mail.log")
+
+
+def checked_proxy_timeout(timeout: Optional[float]) -> Optional[float]:
+    """``proxy_protocol_timeout`` as given, once checked (``None``: no PROXY)."""
+    if timeout is not None:
+        if timeout <= 0:
+            raise ValueError("proxy_protocol_timeout must be > 0")
+        elif timeout < 3.0:
+            log.warning("proxy_protocol_timeout < 3.0")
+    return timeout
 
 
 async def accept_proxy_header(server: SMTP) -> bool:

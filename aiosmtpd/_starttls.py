@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import ssl
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union, cast
 
@@ -12,6 +13,9 @@ from aiosmtpd._inline import engine_class
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import Envelope, Session
+
+
+log = logging.getLogger("mail.log")
 
 
 class TLSSetupException(Exception):
@@ -24,6 +28,20 @@ def tls_info(transport: asyncio.BaseTransport) -> dict[str, Any]:
         key: transport.get_extra_info(key)
         for key in ("sslcontext", "peercert", "cipher", "compression", "ssl_object")
     }
+
+
+def check_tls_context(context: ssl.SSLContext) -> None:
+    """Warn about a server context that many clients cannot use."""
+    if context.verify_mode not in {ssl.CERT_NONE, ssl.CERT_OPTIONAL}:
+        log.warning(
+            "tls_context.verify_mode not in {CERT_NONE, CERT_OPTIONAL}; "
+            "this might cause client connection problems"
+        )
+    elif context.check_hostname:
+        log.warning(
+            "tls_context.check_hostname == True; "
+            "this might cause client connection problems"
+        )
 
 
 def tls_protocol_of(transport: asyncio.BaseTransport) -> Any:

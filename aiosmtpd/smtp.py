@@ -19,7 +19,6 @@ import logging
 import socket
 import ssl
 import time
-import warnings
 from collections.abc import Awaitable, Coroutine, MutableMapping, Sequence
 from typing import (
     Any,
@@ -49,12 +48,13 @@ from aiosmtpd._auth import AuthenticatorType as AuthenticatorType
 from aiosmtpd._auth import AuthResult as AuthResult
 from aiosmtpd._auth import login_always_fail as login_always_fail
 from aiosmtpd._command_gate import BOGUS_LIMIT as BOGUS_LIMIT
-from aiosmtpd._command_gate import CommandGate, CommandSizeLimits
+from aiosmtpd._command_gate import CALL_LIMIT_DEFAULT as CALL_LIMIT_DEFAULT
+from aiosmtpd._command_gate import CommandGate, CommandSizeLimits, call_limits
 from aiosmtpd._command_loop import CommandLoopMixin
 from aiosmtpd._discovery import (
     NO_HOOKS,
     command_names,
-    ehlo_hook_arity,
+    ehlo_hook_version,
     names_with_prefix,
 )
 from aiosmtpd._hooks import MISSING, syntax
@@ -71,8 +71,15 @@ from aiosmtpd._inline import (
     runs_commands_inline,
 )
 from aiosmtpd._loop import get_or_new_eventloop
+from aiosmtpd._proxy_flow import checked_proxy_timeout
 from aiosmtpd._session_commands import SessionCommandsMixin
-from aiosmtpd._starttls import StartTLSMixin, TLSSetupException, tls_info, tls_protocol_of
+from aiosmtpd._starttls import (
+    StartTLSMixin,
+    TLSSetupException,
+    check_tls_context,
+    tls_info,
+    tls_protocol_of,
+)
 from aiosmtpd._streams import StreamReaderView, StreamWriterView
 from aiosmtpd._transaction import TransactionMixin
 from aiosmtpd.proxy_protocol import ProxyData as ProxyData
@@ -96,7 +103,6 @@ __all__ = [
 
 __ident__ = "Python SMTP " + __version__
 
-CALL_LIMIT_DEFAULT = 20
 DATA_SIZE_DEFAULT = 2**25
 ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "STARTTLS", "QUIT"})
 
@@ -243,16 +249,7 @@ class SMTP(
         self.hostname = hostname if hostname else _fqdn()
         self.tls_context = tls_context
         if tls_context:
-            if tls_context.verify_mode not in {ssl.CERT_NONE, ssl.CERT_OPTIONAL}:
-                log.warning(
-                    "tls_context.verify_mode not in {CERT_NONE, CERT_OPTIONAL}; "
-                    "this might cause client connection problems"
-                )
-            elif tls_context.check_hostname:
-                log.warning(
-                    "tls_context.check_hostname == True; "
-                    "this might cause client connection problems"
-                )
+            check_tls_context(tls_context)
         self.require_starttls = tls_context and require_starttls
         # The idle timeout; _timeout_duration is the one running now (the
         # PROXY handshake has its own).
@@ -260,18 +257,7 @@ class SMTP(
         self._timeout_duration = timeout
         self._timeout_handle: Optional[asyncio.TimerHandle] = None
         self._last_activity = 0.0
-        if auth_required and not auth_require_tls:
-            warnings.warn(
-                "Requiring AUTH while not requiring TLS can lead to "
-                "security vulnerabilities!", stacklevel=2
-            )
-            log.warning("auth_required == True but auth_require_tls == False")
-        if proxy_protocol_timeout is not None:
-            if proxy_protocol_timeout <= 0:
-                raise ValueError("proxy_protocol_timeout must be > 0")
-            elif proxy_protocol_timeout < 3.0:
-                log.warning("proxy_protocol_timeout < 3.0")
-        self._proxy_timeout = proxy_protocol_timeout
+        self._proxy_timeout = checked_proxy_timeout(proxy_protocol_timeout)
         self._init_auth(
             handler,
             auth_required=auth_required,
@@ -285,37 +271,8 @@ class SMTP(
             name[7:]: getattr(handler, name)
             for name in names_with_prefix(handler, "handle_")
         } or NO_HOOKS
-        self._ehlo_hook_ver: Optional[str] = None
-        ehlo_hook = self._handle_hooks.get("EHLO")
-        if ehlo_hook is not None:
-            arity = ehlo_hook_arity(ehlo_hook)
-            if arity == 4:
-                warnings.warn(
-                    "Use the 5-argument handle_EHLO() hook instead of "
-                    "the 4-argument handle_EHLO() hook; "
-                    "support for the 4-argument handle_EHLO() hook will be "
-                    "removed in version 2.0",
-                    DeprecationWarning, stacklevel=2,
-                )
-                self._ehlo_hook_ver = "old"
-            elif arity == 5:
-                self._ehlo_hook_ver = "new"
-            else:
-                raise RuntimeError("Unsupported EHLO Hook")
-
-        self._call_limit_base: Optional[dict[str, int]] = None
-        self._call_limit_default = CALL_LIMIT_DEFAULT
-        if command_call_limit is not None:
-            if isinstance(command_call_limit, int):
-                self._call_limit_base = {}
-                self._call_limit_default = command_call_limit
-            elif isinstance(command_call_limit, dict):
-                if not all(isinstance(v, int) for v in command_call_limit.values()):
-                    raise TypeError("All command_call_limit values must be int")
-                self._call_limit_base = command_call_limit
-                self._call_limit_default = command_call_limit.get("*", CALL_LIMIT_DEFAULT)
-            else:
-                raise TypeError("command_call_limit must be int or Dict[str, int]")
+        self._ehlo_hook_ver = ehlo_hook_version(self._handle_hooks.get("EHLO"))
+        self._call_limit_base, self._call_limit_default = call_limits(command_call_limit)
 
         self.command_size_limits = CommandSizeLimits(
             self.command_size_limit, type(self).command_size_limits

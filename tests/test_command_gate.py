@@ -217,3 +217,16 @@ def test_conversation_properties(
     if limits is not None:
         for verb, count in admitted.items():
             assert count <= limits.get(verb, default)
+
+
+def test_call_limits_from_the_constructor_argument() -> None:
+    from aiosmtpd._command_gate import CALL_LIMIT_DEFAULT, call_limits
+
+    assert call_limits(None) == (None, CALL_LIMIT_DEFAULT)
+    assert call_limits(7) == ({}, 7)
+    assert call_limits({"NOOP": 3}) == ({"NOOP": 3}, CALL_LIMIT_DEFAULT)
+    assert call_limits({"NOOP": 3, "*": 9}) == ({"NOOP": 3, "*": 9}, 9)
+    with pytest.raises(TypeError, match="All command_call_limit values must be int"):
+        call_limits({"NOOP": "3"})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match=r"command_call_limit must be int or Dict\[str, int\]"):
+        call_limits("3")  # type: ignore[arg-type]

@@ -480,3 +480,20 @@ def test_protocol_on_an_accepted_socket(lt: LoopThread) -> None:
         assert f.readline() == b""
     finally:
         theirs.close()
+
+
+def test_constructor_warnings_point_at_the_caller() -> None:
+    class OldEhlo:
+        async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:
+            return "250 old"
+
+    loop = asyncio.new_event_loop()
+    try:
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            SMTP(OldEhlo(), hostname="h", loop=loop)
+            SMTP(None, hostname="h", loop=loop, auth_required=True, auth_require_tls=False)
+    finally:
+        loop.close()
+    assert len(record) == 2, [str(w.message) for w in record]
+    assert all(w.filename == __file__ for w in record), [w.filename for w in record]
