@@ -30,6 +30,24 @@ def tls_info(transport: asyncio.BaseTransport) -> dict[str, Any]:
     }
 
 
+#: asyncio's own bound on a TLS handshake, which implicit TLS listeners keep
+#: when the SMTP timeout is longer.
+DEFAULT_HANDSHAKE_TIMEOUT = 60.0
+
+
+def handshake_timeout(smtp_timeout: float) -> Optional[float]:
+    """How long an implicit-TLS listener waits for a client's handshake.
+
+    The SMTP inactivity timer only starts once the handshake is done, so a
+    client that connects and sends nothing would otherwise be held for
+    asyncio's 60 s whatever ``timeout`` says (CHANGES.rst, "Implicit TLS handshake").
+    ``None``: asyncio's default.
+    """
+    if smtp_timeout <= 0:
+        return None
+    return min(smtp_timeout, DEFAULT_HANDSHAKE_TIMEOUT)
+
+
 def check_tls_context(context: ssl.SSLContext) -> None:
     """Warn about a server context that many clients cannot use."""
     if context.verify_mode not in {ssl.CERT_NONE, ssl.CERT_OPTIONAL}:

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any, ClassVar, Literal, TypeVar
 
+from aiosmtpd._starttls import handshake_timeout
 from aiosmtpd.smtp import SMTP
 
 __all__ = [
@@ -71,6 +72,8 @@ _NOT_RESPONDING = (
 )
 
 log = logging.getLogger("mail.log")
+# SMTP's own default inactivity timeout, for listeners whose factory gets none.
+_SMTP_TIMEOUT: float = inspect.signature(SMTP).parameters["timeout"].default
 
 _T = TypeVar("_T")
 
@@ -241,6 +244,14 @@ class BaseController(metaclass=ABCMeta):
     def factory(self) -> SMTP:
         """Build the protocol instance for one connection; override to customise."""
         return SMTP(self.handler, **self.SMTP_kwargs)
+
+    def _listener_tls(self) -> dict[str, Any]:
+        """The TLS keywords of create_server(): the context and, with it, a
+        handshake bounded by the SMTP ``timeout``."""
+        if self.ssl_context is None:
+            return {"ssl": None}
+        timeout = handshake_timeout(self.SMTP_kwargs.get("timeout", _SMTP_TIMEOUT))
+        return {"ssl": self.ssl_context, "ssl_handshake_timeout": timeout}
 
     @abstractmethod
     def _create_server(self) -> Awaitable[asyncio.Server]:
@@ -534,7 +545,7 @@ class InetMixin(BaseController, metaclass=ABCMeta):
             self._factory_invoker,
             host=self.hostname,
             port=self.port,
-            ssl=self.ssl_context,
+            **self._listener_tls(),
         )
         if self.port == 0 and server.sockets:
             # The OS chose the port: report it so that the probe and users
@@ -575,13 +586,13 @@ class UnixSocketMixin(BaseController, metaclass=ABCMeta):
             return self.loop.create_unix_server(
                 self._factory_invoker,
                 path=self.unix_socket,
-                ssl=self.ssl_context,
                 cleanup_socket=False,
+                **self._listener_tls(),
             )
         return self.loop.create_unix_server(
             self._factory_invoker,
             path=self.unix_socket,
-            ssl=self.ssl_context,
+            **self._listener_tls(),
         )
 
     def _trigger_server(self) -> None:

@@ -749,6 +749,40 @@ def test_smtps_unix(track: Any, sock_dir: Path, tls: tuple[ssl.SSLContext, ssl.S
         assert sock.recv(1024).startswith(b"220 ")
 
 
+@pytest.mark.parametrize("unix", [False, True], ids=["tcp", "unix"])
+def test_smtps_silent_client_is_cut_by_the_smtp_timeout(
+    track: Any, sock_dir: Path, tls: tuple[ssl.SSLContext, ssl.SSLContext], unix: bool
+) -> None:
+    # A client that connects to an implicit-TLS listener and never starts its
+    # handshake: the SMTP timeout bounds the wait (asyncio alone waits 60 s).
+    server_context, _ = tls
+    if unix:
+        path = str(sock_dir / "s")
+        controller = track(UnixSocketController(Sink(), path, ssl_context=server_context,
+                                                timeout=1))
+    else:
+        controller = track(Controller(Sink(), port=0, ssl_context=server_context, timeout=1))
+    controller.start()
+    if unix:
+        sock = unix_client(path)
+    else:
+        sock = socket.create_connection((controller.hostname, controller.port))
+    with sock:
+        sock.settimeout(CLIENT_TIMEOUT)  # < 60 s: fails if the handshake wait is asyncio's
+        try:
+            assert sock.recv(1024) == b""
+        except ConnectionResetError:
+            pass  # also a close by the server
+
+
+def test_handshake_timeout_follows_the_smtp_timeout() -> None:
+    from aiosmtpd._starttls import DEFAULT_HANDSHAKE_TIMEOUT, handshake_timeout
+
+    assert handshake_timeout(2) == 2
+    assert handshake_timeout(300) == DEFAULT_HANDSHAKE_TIMEOUT == 60
+    assert handshake_timeout(0) is None
+
+
 def test_stop_closes_tls_connections(
     track: Any, tls: tuple[ssl.SSLContext, ssl.SSLContext]
 ) -> None:
