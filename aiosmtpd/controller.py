@@ -76,6 +76,8 @@ log = logging.getLogger("mail.log")
 _SMTP_TIMEOUT: float = inspect.signature(SMTP).parameters["timeout"].default
 
 _T = TypeVar("_T")
+_TC = TypeVar("_TC", bound="BaseThreadedController")
+_UC = TypeVar("_UC", bound="BaseUnthreadedController")
 
 
 # ---------------------------------------------------------------- localhost
@@ -447,6 +449,14 @@ class BaseThreadedController(BaseController, metaclass=ABCMeta):
                 self.loop.close()
         self._cleanup()
 
+    # ``with Controller(handler) as controller:`` starts it and stops it.
+    def __enter__(self: _TC) -> _TC:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def _call_threadsafe(self, callback: Callable[[], object]) -> None:
         try:
             self.loop.call_soon_threadsafe(callback)
@@ -505,6 +515,34 @@ class BaseUnthreadedController(BaseController, metaclass=ABCMeta):
         server.close()
         self._cleanup()
         self.ended.set()
+
+    # ``with`` on a loop the caller runs afterwards: begin() ... end().
+    def __enter__(self: _UC) -> _UC:
+        self.begin()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.end()
+
+    # ``async with`` inside the running loop: the listener opens and closes
+    # on it (a loop the controller made for itself, never run, is dropped).
+    async def __aenter__(self: _UC) -> _UC:
+        running = asyncio.get_running_loop()
+        if self.loop is not running:
+            if not self._owns_loop or self.loop.is_running():
+                raise RuntimeError(
+                    "async with needs the controller on the running loop: "
+                    "pass loop=asyncio.get_running_loop()"
+                )
+            self.loop.close()
+            self.loop, self._owns_loop = running, False
+        self.ended.clear()
+        self.server_coro = self._create_server()
+        self.server = await self.server_coro
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.finalize()
 
     def end(self) -> None:
         """Run ``finalize()``: in the background if the loop runs, else now.

@@ -987,3 +987,75 @@ def test_unthreaded_end_inside_another_running_loop(track: Any) -> None:
         asyncio.run(main())
     controller.end()  # from plain code it works
     assert controller.ended.is_set()
+
+
+# ------------------------------------------------------------------ context managers
+
+
+def port_is_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), CLIENT_TIMEOUT):
+            return True
+    except ConnectionRefusedError:
+        return False
+
+
+def test_threaded_controller_as_context_manager(track: Any) -> None:
+    with track(Controller(Sink(), port=0)) as controller:
+        with smtplib.SMTP(controller.hostname, controller.port, timeout=CLIENT_TIMEOUT) as c:
+            assert c.noop()[0] == 250
+        host, port = controller.hostname, controller.port
+    assert controller.server is None and controller._thread is None
+    assert not port_is_open(host, port)
+
+
+def test_threaded_controller_stops_when_the_block_raises(track: Any) -> None:
+    controller = track(Controller(Sink(), port=0))
+    with pytest.raises(KeyError), controller:
+        raise KeyError("boom")
+    assert controller.server is None and controller._thread is None
+
+
+def test_unthreaded_controller_with_block(track: Any) -> None:
+    loop = asyncio.new_event_loop()
+    controller = track(UnthreadedController(Sink(), loop=loop, port=0))
+
+    async def talk(port: int) -> bytes:
+        reader, writer = await asyncio.open_connection(controller.hostname, port)
+        greeting = await reader.readline()
+        writer.close()
+        return greeting
+
+    with controller:
+        assert loop.run_until_complete(talk(controller.port)).startswith(b"220 ")
+    assert controller.server is None and controller.ended.is_set()
+    loop.close()
+
+
+def test_unthreaded_controller_async_with() -> None:
+    async def main() -> tuple[bytes, bool]:
+        # No loop given: the controller's own, never run, gives way to this one.
+        async with UnthreadedController(Sink(), port=0) as controller:
+            assert controller.loop is asyncio.get_running_loop()
+            reader, writer = await asyncio.open_connection(controller.hostname, controller.port)
+            greeting = await reader.readline()
+            writer.close()
+            await writer.wait_closed()
+        return greeting, controller.ended.is_set()
+
+    greeting, ended = asyncio.run(main())
+    assert greeting.startswith(b"220 ") and ended
+
+
+def test_unthreaded_async_with_refuses_a_foreign_loop() -> None:
+    other = asyncio.new_event_loop()
+
+    async def main() -> None:
+        async with UnthreadedController(Sink(), loop=other, port=0):
+            pass  # pragma: no cover
+
+    try:
+        with pytest.raises(RuntimeError, match="pass loop=asyncio.get_running_loop"):
+            asyncio.run(main())
+    finally:
+        other.close()
