@@ -35,6 +35,7 @@ class TransactionMixin:
         line_length_limit: int
         _decode_data: bool
         _strict_line_endings: bool
+        _max_recipients: Optional[int]
         _handle_hooks: dict[str, Callable[..., Any]]
         _buf: bytearray
         _in_data: bool
@@ -156,6 +157,13 @@ class TransactionMixin:
             return
         if params:
             await self.push("555 RCPT TO parameters not recognized or not implemented")
+            return
+        limit = self._max_recipients
+        if limit is not None and len(self.envelope.rcpt_tos) >= limit:
+            # RFC 5321 4.5.3.1.10: temporary, so the client sends the rest
+            # in another transaction (Postfix's wording).
+            log.warning("%r too many recipients", self.session.peer)
+            await self.push("452 4.5.3 Error: too many recipients")
             return
         status = await self._call_handler_hook("RCPT", address, rcpt_options)
         if status is MISSING:

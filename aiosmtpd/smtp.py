@@ -191,7 +191,8 @@ class SMTP(
     __slots__ = (
         "event_handler", "data_size_limit", "enable_SMTPUTF8", "hostname", "tls_context",
         "require_starttls", "session", "envelope", "transport", "loop",
-        "_decode_data", "_strict_line_endings", "_idle_timeout", "_timeout_duration",
+        "_decode_data", "_strict_line_endings", "_max_recipients", "_idle_timeout",
+        "_timeout_duration",
         "_timeout_handle", "_last_activity", "_proxy_timeout", "_handle_hooks",
         "_ehlo_hook_ver", "_call_limit_base", "_call_limit_default", "_smtp_commands",
         "_buf", "_waiter", "_reading_paused", "_in_data", "_handler_coroutine",
@@ -232,6 +233,7 @@ class SMTP(
         proxy_protocol_timeout: Optional[Union[int, float]] = None,
         loop: Optional[asyncio.AbstractEventLoop] = None,
         strict_line_endings: bool = False,
+        max_recipients: Optional[int] = None,
     ) -> None:
         self.loop = loop if loop else get_or_new_eventloop()
         # No StreamReader: the protocol keeps its own receive buffer.  First,
@@ -246,6 +248,11 @@ class SMTP(
         self.enable_SMTPUTF8 = enable_SMTPUTF8
         self._decode_data = decode_data
         self._strict_line_endings = strict_line_endings
+        if max_recipients is not None and (
+            not isinstance(max_recipients, int) or max_recipients < 1
+        ):
+            raise ValueError("max_recipients must be None or a positive int")
+        self._max_recipients = max_recipients
         self.hostname = hostname if hostname else _fqdn()
         self.tls_context = tls_context
         if tls_context:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -344,3 +345,40 @@ def test_hostname_default(start: ServerFactory) -> None:
     with srv.client() as c:
         assert c.greeting[0] == f"220 {socket.getfqdn()} Python SMTP {__version__}".encode()
     assert HOSTNAME != srv.last.hostname
+
+
+def test_max_recipients_is_off_by_default(start: Any) -> None:
+    server = start()
+    with server.client() as c:
+        assert c.cmd("HELO c").startswith("250")
+        assert c.cmd("MAIL FROM:<a@example.com>") == "250 OK"
+        for i in range(150):
+            assert c.cmd(f"RCPT TO:<r{i}@example.com>") == "250 OK"
+
+
+def test_max_recipients(start: Any) -> None:
+    server = start(max_recipients=2)
+    with server.client() as c:
+        assert c.cmd("HELO c").startswith("250")
+        assert c.cmd("MAIL FROM:<a@example.com>") == "250 OK"
+        assert c.cmd("RCPT TO:<r1@example.com>") == "250 OK"
+        assert c.cmd("RCPT TO:<r2@example.com>") == "250 OK"
+        assert c.cmd("RCPT TO:<r3@example.com>") == "452 4.5.3 Error: too many recipients"
+        # The transaction goes on with the recipients accepted.
+        assert c.cmd("DATA").startswith("354")
+        assert c.cmd("Subject: x\r\n\r\nhi\r\n.") == "250 OK"
+        # A new transaction has a new allowance.
+        assert c.cmd("MAIL FROM:<a@example.com>") == "250 OK"
+        assert c.cmd("RCPT TO:<r4@example.com>") == "250 OK"
+    envelope = server.last.event_handler.envelopes[0]
+    assert envelope.rcpt_tos == ["r1@example.com", "r2@example.com"]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "3"])
+def test_max_recipients_must_be_positive(bad: Any) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(ValueError, match="max_recipients must be None or a positive int"):
+            SMTP(None, hostname="h", max_recipients=bad, loop=loop)
+    finally:
+        loop.close()
