@@ -169,6 +169,7 @@ class AuthMixin:
         async def push(self, status: Union[str, bytes]) -> None: ...
         async def _readline(self) -> Optional[bytes]: ...
         def _reset_timeout(self) -> None: ...
+        def _close(self) -> None: ...
         async def check_helo_needed(self, helo: str = "HELO") -> bool: ...
         async def _call_handler_hook(self, command: str, *args: Any) -> Any: ...
 
@@ -181,7 +182,15 @@ class AuthMixin:
         auth_exclude_mechanism: Optional[Iterable[str]],
         auth_callback: Optional[AuthCallbackType],
         authenticator: Optional[AuthenticatorType],
+        failure_limit: Optional[int] = None,
     ) -> None:
+        if failure_limit is not None and (
+            not isinstance(failure_limit, int) or failure_limit < 1
+        ):
+            raise ValueError("auth_failure_limit must be None or a positive int")
+        # Failed attempts on this connection; past the limit AUTH gets 421.
+        self._auth_failure_limit = failure_limit
+        self._auth_failures = 0
         if auth_required and not auth_require_tls:
             warnings.warn(
                 "Requiring AUTH while not requiring TLS can lead to "
@@ -344,6 +353,12 @@ class AuthMixin:
         if self.session.authenticated:
             await self.push("503 Already authenticated")
             return
+        limit = self._auth_failure_limit
+        if limit is not None and self._auth_failures >= limit:
+            log.warning("%r too many failed AUTH attempts", self.session.peer)
+            await self.push("421 4.7.0 Too many failed authentication attempts, goodbye.")
+            self._close()
+            return
         if self.envelope.mail_from:
             # Deviation (CHANGES.rst): RFC 4954 forbids AUTH in a transaction.
             await self.push("503 5.5.1 Error: MAIL transaction in progress")
@@ -396,11 +411,16 @@ class AuthMixin:
                 session.auth_data = result.auth_data
                 session.login_data = getattr(result.auth_data, "login", None)
                 await self.push(result.message or "235 2.7.0 Authentication successful")
-            elif not result.handled:
-                await self.push(result.message or "535 5.7.8 Authentication credentials invalid")
+            else:
+                self._auth_failures += 1
+                if not result.handled:
+                    await self.push(
+                        result.message or "535 5.7.8 Authentication credentials invalid"
+                    )
         elif result is None:
             pass  # legacy: the mechanism has replied already
         elif result is MISSING or result is False:
+            self._auth_failures += 1
             await self.push("535 5.7.8 Authentication credentials invalid")
         else:
             # Legacy "identity" result; upstream forgot to mark the session

@@ -198,7 +198,8 @@ class SMTP(
         "_buf", "_waiter", "_reading_paused", "_in_data", "_handler_coroutine",
         "_original_transport", "_tls_protocol", "_tls_handshake_okay",
         "_reader_view", "_writer_view",
-        "_auth_required", "_auth_require_tls", "_authenticator", "_auth_callback",
+        "_auth_required", "_auth_require_tls", "_auth_failure_limit", "_auth_failures",
+        "_authenticator", "_auth_callback",
         "_auth_methods", "_inline", "_run", "_suspended", "_turn", "_gate",
     )
 
@@ -234,6 +235,7 @@ class SMTP(
         loop: Optional[asyncio.AbstractEventLoop] = None,
         strict_line_endings: bool = False,
         max_recipients: Optional[int] = None,
+        auth_failure_limit: Optional[int] = None,
     ) -> None:
         self.loop = loop if loop else get_or_new_eventloop()
         # No StreamReader: the protocol keeps its own receive buffer.  First,
@@ -272,6 +274,7 @@ class SMTP(
             auth_exclude_mechanism=auth_exclude_mechanism,
             auth_callback=auth_callback,
             authenticator=authenticator,
+            failure_limit=auth_failure_limit,
         )
 
         self._handle_hooks: dict[str, Callable[..., Any]] = {

@@ -758,3 +758,44 @@ def test_implicit_tls_auth(serve: Any, connect: Any,
     assert client.cmd("AUTH PLAIN " + PLAIN_OK) == OK
     assert client.cmd("STARTTLS") == b"503 5.5.1 Error: TLS already active"
     assert client.cmd("MAIL FROM:<a@example.com>") == b"250 OK"
+
+
+def test_auth_failures_unlimited_by_default(plain_server: Server) -> None:
+    with plain_server.client() as c:
+        assert c.multi("EHLO c")[-1] == "250 HELP"
+        for _ in range(30):
+            assert c.cmd("AUTH PLAIN " + b64(f"\0{USER}\0wrong")).startswith("535 ")
+
+
+def test_auth_failure_limit(lt: LoopThread, start: ServerFactory) -> None:
+    server = start(Sink(), loop=lt.loop, auth_require_tls=False, authenticator=Authenticator(),
+                   auth_failure_limit=3)
+    with server.client() as c:
+        assert c.multi("EHLO c")[-1] == "250 HELP"
+        for _ in range(3):
+            assert c.cmd("AUTH PLAIN " + b64(f"\0{USER}\0wrong")) == (
+                "535 5.7.8 Authentication credentials invalid"
+            )
+        # Even the right password: the connection has used up its attempts.
+        assert c.cmd("AUTH PLAIN " + b64(f"\0{USER}\0{PASSWORD}")) == (
+            "421 4.7.0 Too many failed authentication attempts, goodbye."
+        )
+        assert c.is_closed()
+
+
+def test_auth_failure_limit_counts_failures_only(lt: LoopThread, start: ServerFactory) -> None:
+    server = start(Sink(), loop=lt.loop, auth_require_tls=False, authenticator=Authenticator(),
+                   auth_failure_limit=1)
+    with server.client() as c:
+        assert c.multi("EHLO c")[-1] == "250 HELP"
+        assert c.cmd("AUTH PLAIN " + b64(f"\0{USER}\0{PASSWORD}")).startswith("235 ")
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5])
+def test_auth_failure_limit_must_be_positive(bad: Any) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(ValueError, match="auth_failure_limit must be None or a positive int"):
+            SMTP(None, hostname="h", auth_failure_limit=bad, loop=loop)
+    finally:
+        loop.close()
