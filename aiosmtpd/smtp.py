@@ -365,6 +365,15 @@ class SMTP(
             await HOP
         return await hook(self, self.session, self.envelope, *args)
 
+    def __del__(self) -> None:
+        # An instance whose __init__ never ran to the base class (bad
+        # arguments) lacks its state, and Python 3.9's
+        # StreamReaderProtocol.__del__ would raise AttributeError.
+        if "_closed" in self.__dict__:
+            base_del = getattr(super(), "__del__", None)
+            if base_del is not None:
+                base_del()
+
     # -- asyncio protocol callbacks ---------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
