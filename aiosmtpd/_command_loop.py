@@ -373,7 +373,7 @@ class CommandLoopMixin:
         resumed by data_received) or must move into a Task."""
         self._suspended = None
         # _to(), inlined for the two moves every command makes.
-        assert self._run is IDLE or self._run is SUSPENDED, f"{self._run.value} -> driving"
+        assert DRIVING in NEXT[self._run], f"{self._run.value} -> driving"
         self._run = DRIVING
         try:
             awaited = command.send(None) if error is None else command.throw(error)
