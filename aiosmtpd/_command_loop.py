@@ -98,6 +98,10 @@ class CommandLoopMixin:
         _proxy_timeout: Optional[float]
         _last_activity: float
         _timeout_handle: Optional[asyncio.TimerHandle]
+        _busy: bool
+        _goodbye: Optional[str]
+
+        def _leaving_now(self) -> bool: ...
 
         async def push(self, status: Union[str, bytes]) -> None: ...
         async def _reply_to_exception(self, error: Exception) -> bool: ...
@@ -305,12 +309,18 @@ class CommandLoopMixin:
             self._reset_timeout()
         if self._run is DRIVING and command in _TASK_COMMANDS:
             await HOP
+        self._busy = True
         try:
             await method(parsed.arg)
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception as error:
+            self._busy = False
             return await self._reply_to_exception(error)
+        self._busy = False
+        if self._goodbye is not None:
+            # A drain or a deadline waited for this command to end.
+            return not self._leaving_now()
         return True
 
     def _close(self) -> None:

@@ -242,7 +242,12 @@ def test_signatures() -> None:
         "(self, handler, loop=None, *, ssl_context=None, server_hostname=None, **SMTP_parameters)"
     )
     assert unannotated(BaseController.cancel_tasks) == "(self, stop_loop=True)"
-    assert unannotated(BaseThreadedController.stop) == "(self, no_assert=False)"
+    # 1.4.6's parameters, in its order; ours follow as keyword-only.
+    assert unannotated(BaseThreadedController.stop) == (
+        "(self, no_assert=False, *, drain_timeout=None)"
+    )
+    assert unannotated(BaseUnthreadedController.finalize) == "(self, *, drain_timeout=None)"
+    assert unannotated(BaseUnthreadedController.end) == "(self, *, drain_timeout=None)"
 
 
 # -------------------------------------------------------------- localhost
