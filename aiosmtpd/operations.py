@@ -134,6 +134,8 @@ class Operations:
     def closed(self, server: SMTP, address: Optional[str]) -> None:
         """A connection that opened() admitted has ended; ``address``: what
         identified() admitted it as, if anything."""
+        if server not in self.connections:
+            return  # refused by opened()
         if address is not None:
             count = self._per_ip[address] - 1
             if count:

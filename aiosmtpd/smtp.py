@@ -503,6 +503,7 @@ class SMTP(
         except UnicodeEncodeError:
             return False  # the task's push() reports it as upstream did
         transport.write(data + b"\r\n")  # type: ignore[attr-defined]
+        self._count(_m.REPLY_CLASS[ord("2")])
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%r << %r", self.session.peer if self.session else None, data)
         return True
