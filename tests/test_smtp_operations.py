@@ -57,7 +57,9 @@ class Counting:
         self.messages: list[bytes] = []
         self.hooks: list[str] = []
 
-    async def handle_NOOP(self, server: SMTP, session: Session, envelope: Envelope, arg: str) -> str:
+    async def handle_NOOP(
+        self, server: SMTP, session: Session, envelope: Envelope, arg: str
+    ) -> str:
         self.hooks.append("NOOP")
         return "250 OK"
 
@@ -104,7 +106,9 @@ def proxy_v1(source: str) -> bytes:
 
 
 class AcceptsProxy:
-    async def handle_PROXY(self, server: SMTP, session: Session, envelope: Envelope, data: Any) -> bool:
+    async def handle_PROXY(
+        self, server: SMTP, session: Session, envelope: Envelope, data: Any
+    ) -> bool:
         return True
 
 
