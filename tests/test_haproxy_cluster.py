@@ -468,6 +468,96 @@ def test_kill_one_backend_mid_load(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
+# the instance script of docs/operations-haproxy.rst
+
+
+EXAMPLE = ROOT / "docs" / "examples" / "haproxy_instance.py"
+# A version 2 header with the LOCAL command, as HAProxy's health checks send.
+PROXY_V2_LOCAL = b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x20, 0x00, 0x00, 0x00])
+
+
+class RawSession:
+    def __init__(self, port: int, header: bytes) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=IO_TIMEOUT)
+        self.file = self.sock.makefile("rb")
+        self.sock.sendall(header)
+
+    def reply(self) -> int:
+        while True:
+            line = self.file.readline()
+            assert line[:3].isdigit(), line
+            if line[3:4] != b"-":
+                return int(line[:3])
+
+    def cmd(self, line: bytes) -> int:
+        self.sock.sendall(line + b"\r\n")
+        return self.reply()
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.mark.slow
+def test_documented_instance_drains_on_sigterm(tmp_path: Path) -> None:
+    """On SIGTERM the script stops listening at once, lets an open
+    transaction end with 250, then exits 0; it accepts health checks."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    stderr = tmp_path / "instance.log"
+    with stderr.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, str(EXAMPLE), "0"], env=env, text=True,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+    sessions: list[RawSession] = []
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], START_DEADLINE)
+        line = proc.stdout.readline() if ready else ""
+        assert line.startswith(f"listening on {HOST}:"), (line, stderr.read_text())
+        port = int(line.rsplit(":", 1)[1])
+
+        check = RawSession(port, PROXY_V2_LOCAL)
+        sessions.append(check)
+        assert check.reply() == 220
+        assert check.cmd(b"EHLO haproxy.cluster.test") == 250
+
+        client = RawSession(port, b"PROXY TCP4 192.0.2.10 127.0.0.1 50000 25\r\n")
+        sessions.append(client)
+        assert client.reply() == 220
+        assert client.cmd(b"HELO client.test") == 250
+        assert client.cmd(b"MAIL FROM:<a@client.test>") == 250
+        assert client.cmd(b"RCPT TO:<b@cluster.test>") == 250
+
+        proc.send_signal(signal.SIGTERM)
+
+        def refused() -> bool:
+            try:
+                socket.create_connection((HOST, port), timeout=IO_TIMEOUT).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        poll(refused, time.monotonic() + IO_TIMEOUT, "the listener to close")
+        assert proc.poll() is None, "exited with a transaction open"
+        assert client.cmd(b"DATA") == 354
+        client.sock.sendall(b"Subject: drained\r\n\r\nbody\r\n.\r\n")
+        assert client.reply() == 250
+        assert client.cmd(b"QUIT") == 221
+        check.close()
+        client.close()
+        assert proc.wait(IO_TIMEOUT) == 0, stderr.read_text()
+        assert proc.stdout.read() == "message from 192.0.2.10 for ['b@cluster.test']\n"
+    finally:
+        for session in sessions:
+            session.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+# ---------------------------------------------------------------------------
 # the checks can fail: delivery_problems on doctored histories
 
 
