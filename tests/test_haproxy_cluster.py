@@ -1,6 +1,6 @@
 """Three aiosmtpd instances behind a real HAProxy; one is SIGKILLed mid-load.
 
-The set-up is the one docs/operations-haproxy.rst describes:
+The set-up is the one docs/operations.rst ("Several instances behind HAProxy") describes:
 
 * three backends, each a separate process (``python -m tests._cluster_backend``)
   listening on 127.0.0.1 port 0 with the PROXY protocol on; each appends every
@@ -468,7 +468,7 @@ def test_kill_one_backend_mid_load(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
-# the instance script of docs/operations-haproxy.rst
+# the instance script of docs/operations.rst ("Several instances behind HAProxy")
 
 
 EXAMPLE = ROOT / "docs" / "examples" / "haproxy_instance.py"
@@ -501,7 +501,8 @@ class RawSession:
 @pytest.mark.slow
 def test_documented_instance_drains_on_sigterm(tmp_path: Path) -> None:
     """On SIGTERM the script stops listening at once, lets an open
-    transaction end with 250, then exits 0; it accepts health checks."""
+    transaction end with 250 (then 421), then exits 0; it accepts health
+    checks."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     stderr = tmp_path / "instance.log"
@@ -542,7 +543,8 @@ def test_documented_instance_drains_on_sigterm(tmp_path: Path) -> None:
         assert client.cmd(b"DATA") == 354
         client.sock.sendall(b"Subject: drained\r\n\r\nbody\r\n.\r\n")
         assert client.reply() == 250
-        assert client.cmd(b"QUIT") == 221
+        # Then the drain says goodbye (docs/operations.rst, "Graceful drain").
+        assert client.reply() == 421
         check.close()
         client.close()
         assert proc.wait(IO_TIMEOUT) == 0, stderr.read_text()
