@@ -211,7 +211,8 @@ class SMTP(
         "_auth_methods", "_inline", "_run", "_suspended", "_turn", "_gate",
         "_ops", "_metrics", "_ops_address", "_busy", "_delivering", "_data_size",
         "_goodbye", "_goodbye_after", "_session_timer", "_data_timeout", "_session_timeout",
-        "_tls_handshake_timeout", "_brief_tls_errors",
+        "_tls_handshake_timeout", "_brief_tls_errors", "_cork",
+        "enable_PIPELINING", "enable_ENHANCEDSTATUSCODES", "enable_DSN",
     )
 
     # The command budgets, made when the greeting is sent (_begin_commands).
@@ -252,6 +253,7 @@ class SMTP(
         session_timeout: Optional[float] = None,
         tls_handshake_timeout: Optional[float] = None,
         brief_tls_errors: bool = False,
+        enable_PIPELINING: bool = False,
     ) -> None:
         self.loop = loop if loop else get_or_new_eventloop()
         # No StreamReader: the protocol keeps its own receive buffer.  First,
@@ -303,6 +305,9 @@ class SMTP(
         # session deadline): after="transaction" or "delivery".
         self._goodbye: Optional[str] = None
         self._goodbye_after = ""
+        # Replies held back while pipelined command lines wait (see _flush).
+        self._cork: Optional[list[bytes]] = None
+        self.enable_PIPELINING = enable_PIPELINING
         self._init_auth(
             handler,
             auth_required=auth_required,
@@ -579,6 +584,8 @@ class SMTP(
     def _say_goodbye(self, reply: str, greeted: Optional[bool] = None) -> None:
         """Send ``reply`` (a 421) and close, now.  Nothing is sent before
         the greeting (a PROXY header is still awaited)."""
+        if self._cork is not None:
+            self._flush()
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -655,7 +662,11 @@ class SMTP(
             # Replies go through _writer, as upstream's did: code written for
             # it that does its own STARTTLS swaps _writer._transport only.
             transport = self._writer_view._transport
-        transport.write(data + b"\r\n")
+        cork = self._cork
+        if cork is None:
+            transport.write(data + b"\r\n")
+        else:
+            cork.append(data + b"\r\n")
         metrics = self._metrics
         if metrics is not None and data:
             index = _m.REPLY_CLASS.get(data[0])
@@ -667,6 +678,17 @@ class SMTP(
                 log.debug("%r << %r", self.session.peer if self.session else None, line)
         if self._paused:  # type: ignore[attr-defined]
             await self._drain()
+
+    def _flush(self) -> None:
+        """Send the replies held back while answering pipelined commands
+        (see _command_loop._pump): one write, so one TCP segment for a
+        group of replies rather than one each (RFC 2920 section 3.2)."""
+        cork, self._cork = self._cork, None
+        transport: Any = self.transport
+        if cork and transport is not None:
+            if self._writer_view is not None:
+                transport = self._writer_view._transport
+            transport.write(b"".join(cork))
 
     async def _drain(self) -> None:
         """Wait while the transport's write buffer is over its high mark."""
