@@ -169,6 +169,7 @@ class AuthMixin:
 
         async def push(self, status: Union[str, bytes]) -> None: ...
         def _count(self, index: int, amount: int = 1) -> None: ...
+        def _code(self, reply: str, enhanced: Optional[str]) -> str: ...
         async def _readline(self) -> Optional[bytes]: ...
         def _reset_timeout(self) -> None: ...
         def _close(self) -> None: ...
@@ -345,7 +346,7 @@ class AuthMixin:
             return
         assert self.session is not None and self.envelope is not None
         if not self.session.extended_smtp:
-            await self.push("500 Error: command 'AUTH' not recognized")
+            await self.push(self._code("500 Error: command 'AUTH' not recognized", "5.5.2"))
             return
         if self._auth_require_tls and not self._tls_active:
             await self.push(
@@ -353,7 +354,7 @@ class AuthMixin:
             )
             return
         if self.session.authenticated:
-            await self.push("503 Already authenticated")
+            await self.push(self._code("503 Already authenticated", "5.5.1"))
             return
         limit = self._auth_failure_limit
         if limit is not None and self._auth_failures >= limit:
@@ -370,10 +371,10 @@ class AuthMixin:
         # no mechanism either (it raised IndexError).
         args = arg.split() if arg else []
         if not args:
-            await self.push("501 Not enough value")
+            await self.push(self._code("501 Not enough value", "5.5.4"))
             return
         if len(args) > 2:
-            await self.push("501 Too many values")
+            await self.push(self._code("501 Too many values", "5.5.4"))
             return
         mechanism = self._find_mechanism(args[0])
         if mechanism is None:

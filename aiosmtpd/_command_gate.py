@@ -83,6 +83,17 @@ class Command(NamedTuple):
 
 _new_tuple = tuple.__new__
 
+#: The enhanced status code (RFC 3463) of the refusals whose text has none,
+#: sent with ENHANCEDSTATUSCODES on (docs/extensions.rst).
+ENHANCED_CODES = {
+    Why.TOO_LONG: "5.5.2",
+    Why.BAD_SYNTAX: "5.5.2",
+    Why.NOT_ASCII: "5.5.2",
+    Why.TLS_REFUSED: "5.7.0",
+    Why.STARTTLS_FIRST: "5.7.0",
+    Why.UNRECOGNISED: "5.5.2",
+}
+
 _TOO_LONG = Refusal("500 Command line too long", Why.TOO_LONG)
 _BAD_SYNTAX = Refusal("500 Error: bad syntax", Why.BAD_SYNTAX)
 _NOT_ASCII = Refusal("500 Error: strict ASCII mode", Why.NOT_ASCII)

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd._auth import sanitized_log
-from aiosmtpd._command_gate import CommandGate, Refusal, Why, split_line
+from aiosmtpd._command_gate import ENHANCED_CODES, CommandGate, Refusal, Why, split_line
 from aiosmtpd._inline import (
     CLOSED,
     DRIVING,
@@ -103,6 +103,7 @@ class CommandLoopMixin:
         _cork: Optional[list[bytes]]
 
         def _flush(self) -> None: ...
+        def _code(self, reply: str, enhanced: Optional[str]) -> str: ...
 
         def _leaving_now(self) -> bool: ...
 
@@ -276,7 +277,7 @@ class CommandLoopMixin:
             sanitized_log(log.info, "%r >> %r", peer, line.rstrip(b"\r\n"))
         parsed = split_line(line, self.enable_SMTPUTF8)
         if isinstance(parsed, Refusal):
-            await self.push(parsed.reply)
+            await self.push(self._code(parsed.reply, ENHANCED_CODES.get(parsed.why)))
             return True
         command = parsed.verb
         method = self._command_method(command)
@@ -300,7 +301,7 @@ class CommandLoopMixin:
                 log.warning("%r unrecognised: %s", peer, command)
                 if why is Why.TOO_MANY_BOGUS:
                     log.warning("%r too many bogus commands", peer)
-            await self.push(refusal.reply)
+            await self.push(self._code(refusal.reply, ENHANCED_CODES.get(why)))
             if refusal.close:
                 self._close()
                 return False

@@ -33,6 +33,8 @@ class SessionCommandsMixin:
         data_size_limit: Optional[int]
         enable_SMTPUTF8: bool
         enable_PIPELINING: bool
+        enable_ENHANCEDSTATUSCODES: bool
+        enable_DSN: bool
         command_size_limit: int
         command_size_limits: Any
         local_part_limit: int
@@ -50,6 +52,7 @@ class SessionCommandsMixin:
         async def _call_handler_hook(self, command: str, *args: Any) -> Any: ...
         def _set_rset_state(self) -> None: ...
         def _close(self) -> None: ...
+        def _code(self, reply: str, enhanced: Optional[str]) -> str: ...
         def _getaddr(self, arg: str) -> tuple[Optional[str], Optional[str]]: ...
         def _auth_advertised(self) -> bool: ...
         def _syntax_available(self, method: Any) -> bool: ...
@@ -61,7 +64,7 @@ class SessionCommandsMixin:
     async def smtp_HELO(self, hostname: Optional[str]) -> None:
         assert self.session is not None
         if not hostname:
-            await self.push("501 Syntax: HELO hostname")
+            await self.push(self._code("501 Syntax: HELO hostname", "5.5.4"))
             return
         self._set_rset_state()
         self.session.extended_smtp = False
@@ -74,7 +77,7 @@ class SessionCommandsMixin:
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: Optional[str]) -> None:
         if not hostname:
-            await self.push("501 Syntax: EHLO hostname")
+            await self.push(self._code("501 Syntax: EHLO hostname", "5.5.4"))
             return
         await self._ehlo(hostname)
 
@@ -90,14 +93,24 @@ class SessionCommandsMixin:
         if self.enable_SMTPUTF8:
             lines.append("250-SMTPUTF8")
             size_allowance += 10  # RFC 6531 SMTPUTF8 on MAIL
+        auth = self._auth_advertised()
+        if auth:
+            size_allowance += 500  # RFC 4954 section 5: AUTH= on MAIL
+        if self.enable_DSN:
+            size_allowance += 110  # RFC 3461 section 5: RET= and ENVID= (100)
+            self.command_size_limits["RCPT"] = self.command_size_limit + 500  # NOTIFY, ORCPT
         # Recomputed at each EHLO, never accumulated (deviation, CHANGES.rst).
         self.command_size_limits["MAIL"] = self.command_size_limit + size_allowance
         if self.tls_context and not self._tls_active:
             lines.append("250-STARTTLS")
-        if self._auth_advertised():
+        if auth:
             lines.append("250-AUTH " + " ".join(sorted(self._auth_methods)))
         if self.enable_PIPELINING:
             lines.append("250-PIPELINING")
+        if self.enable_ENHANCEDSTATUSCODES:
+            lines.append("250-ENHANCEDSTATUSCODES")
+        if self.enable_DSN:
+            lines.append("250-DSN")
         return lines
 
     async def _ehlo(self, hostname: str) -> None:
@@ -142,21 +155,21 @@ class SessionCommandsMixin:
     @syntax("NOOP [ignored]")
     async def smtp_NOOP(self, arg: Optional[str]) -> None:
         status = await self._call_handler_hook("NOOP", arg)
-        await self.push("250 OK" if status is MISSING else status)
+        await self.push(self._code("250 OK", "2.0.0") if status is MISSING else status)
 
     @syntax("QUIT")
     async def smtp_QUIT(self, arg: Optional[str]) -> None:
         if arg:
-            await self.push("501 Syntax: QUIT")
+            await self.push(self._code("501 Syntax: QUIT", "5.5.4"))
             return
         status = await self._call_handler_hook("QUIT")
-        await self.push("221 Bye" if status is MISSING else status)
+        await self.push(self._code("221 Bye", "2.0.0") if status is MISSING else status)
         self._close()
 
     @syntax("RSET")
     async def smtp_RSET(self, arg: Optional[str]) -> None:
         if arg:
-            await self.push("501 Syntax: RSET")
+            await self.push(self._code("501 Syntax: RSET", "5.5.4"))
             return
         self._set_rset_state()
         rset_hook = getattr(self, "rset_hook", None)
@@ -170,14 +183,14 @@ class SessionCommandsMixin:
                 await HOP  # user code runs in a Task (see _inline)
             await rset_hook()
         status = await self._call_handler_hook("RSET")
-        await self.push("250 OK" if status is MISSING else status)
+        await self.push(self._code("250 OK", "2.0.0") if status is MISSING else status)
 
     @syntax("VRFY <address>")
     async def smtp_VRFY(self, arg: Optional[str]) -> None:
         if await self.check_auth_needed("VRFY"):
             return
         if not arg:
-            await self.push("501 Syntax: VRFY <address>")
+            await self.push(self._code("501 Syntax: VRFY <address>", "5.5.4"))
             return
         address, _ = self._getaddr(arg)
         if address is None:
@@ -188,15 +201,17 @@ class SessionCommandsMixin:
             # Echo no control bytes (CHANGES.rst) and, with SMTPUTF8, no
             # undecodable bytes (surrogates would make push() raise).
             shown = control_chars_to_question_marks(arg).encode("utf-8", "replace").decode()
-            await self.push(f"502 Could not VRFY {shown}")
+            await self.push(self._code(f"502 Could not VRFY {shown}", "5.1.3"))
             return
         status = await self._call_handler_hook("VRFY", address)
         if status is MISSING:
-            status = "252 Cannot VRFY user, but will accept message and attempt delivery"
+            status = self._code(
+                "252 Cannot VRFY user, but will accept message and attempt delivery", "2.0.0"
+            )
         await self.push(status)
 
     async def smtp_EXPN(self, arg: Optional[str]) -> None:
-        await self.push("502 EXPN not implemented")
+        await self.push(self._code("502 EXPN not implemented", "5.5.1"))
 
     @syntax("HELP [command]")
     async def smtp_HELP(self, arg: Optional[str]) -> None:
@@ -211,7 +226,7 @@ class SessionCommandsMixin:
                 extended = method.__smtp_syntax_extended__  # type: ignore[attr-defined]
                 if self.session.extended_smtp and extended:
                     help_str += extended
-                await self.push(f"250 Syntax: {help_str}")
+                await self.push(self._code(f"250 Syntax: {help_str}", "2.0.0"))
                 return
             code = 501
         commands = " ".join(
@@ -219,4 +234,5 @@ class SessionCommandsMixin:
                 n for n in self._smtp_commands if self._syntax_available(self._command_method(n))
             )
         )
-        await self.push(f"{code} Supported commands: {commands}")
+        enhanced = "2.0.0" if str(code) == "250" else "5.5.4"
+        await self.push(self._code(f"{code} Supported commands: {commands}", enhanced))

@@ -91,6 +91,7 @@ class StartTLSMixin:
         _handle_hooks: dict[str, Callable[..., Any]]
         _tls_handshake_timeout: Optional[float]
         def _count(self, index: int, amount: int = 1) -> None: ...
+        def _code(self, reply: str, enhanced: Optional[str]) -> str: ...
 
         async def push(self, status: Union[str, bytes]) -> None: ...
         def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
@@ -98,13 +99,13 @@ class StartTLSMixin:
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: Optional[str]) -> None:
         if arg:
-            await self.push("501 Syntax: STARTTLS")
+            await self.push(self._code("501 Syntax: STARTTLS", "5.5.4"))
             return
         if self._tls_active:
             await self.push("503 5.5.1 Error: TLS already active")
             return
         if not self.tls_context:
-            await self.push("454 TLS not available")
+            await self.push(self._code("454 TLS not available", "4.7.0"))
             return
         # A server connection's transport reads and writes: asyncio.Transport
         # (the attribute keeps upstream's wider type).
@@ -116,7 +117,7 @@ class StartTLSMixin:
         # RFC 3207 section 6: plaintext pipelined after STARTTLS is discarded,
         # never executed (the CVE-2024-34083 class).
         self._buf.clear()
-        await self.push("220 Ready to start TLS")
+        await self.push(self._code("220 Ready to start TLS", "2.0.0"))
         try:
             tls_transport = await self.loop.start_tls(
                 transport,

@@ -13,6 +13,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd import metrics as _m
+from aiosmtpd._dsn import MailParameters, take_mail_parameters, take_rcpt_parameters
 from aiosmtpd._framing import DataError, DataReader, has_bare_cr_or_lf, unstuff
 from aiosmtpd._hooks import MISSING, syntax
 from aiosmtpd._inline import DRIVING, HOP, Run, engine_class, is_own
@@ -53,6 +54,7 @@ class TransactionMixin:
         _run: Run
         _inline: bool
         _data_timeout: Optional[float]
+        enable_DSN: bool
         _delivering: bool
         _data_size: int
         loop: asyncio.AbstractEventLoop
@@ -70,12 +72,14 @@ class TransactionMixin:
         def _wait_for_data(self) -> asyncio.Future[None]: ...
         def _data_expired(self) -> None: ...
         def _count(self, index: int, amount: int = 1) -> None: ...
+        def _code(self, reply: str, enhanced: Optional[str]) -> str: ...
+        def _auth_advertised(self) -> bool: ...
 
     def _syntax_error(self, text: str, extended: str) -> str:
         assert self.session is not None
         if self.session.extended_smtp:
-            return f"501 Syntax: {text}{extended}"
-        return f"501 Syntax: {text}"
+            return self._code(f"501 Syntax: {text}{extended}", "5.5.4")
+        return self._code(f"501 Syntax: {text}", "5.5.4")
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: Optional[str]) -> None:
@@ -100,7 +104,7 @@ class TransactionMixin:
             await self.push(syntaxerr)
             return
         if self.envelope.mail_from:
-            await self.push("503 Error: nested MAIL command")
+            await self.push(self._code("503 Error: nested MAIL command", "5.5.1"))
             return
         mail_options = (rest or "").upper().split()
         params = self._getparams(mail_options)
@@ -110,14 +114,16 @@ class TransactionMixin:
         if not self._decode_data:
             body = params.pop("BODY", "7BIT")
             if body not in ("7BIT", "8BITMIME"):
-                await self.push("501 Error: BODY can only be one of 7BIT, 8BITMIME")
+                await self.push(
+                    self._code("501 Error: BODY can only be one of 7BIT, 8BITMIME", "5.5.4")
+                )
                 return
         smtputf8 = params.pop("SMTPUTF8", False)
         if not isinstance(smtputf8, bool):
-            await self.push("501 Error: SMTPUTF8 takes no arguments")
+            await self.push(self._code("501 Error: SMTPUTF8 takes no arguments", "5.5.4"))
             return
         if smtputf8 and not self.enable_SMTPUTF8:
-            await self.push("501 Error: SMTPUTF8 disabled")
+            await self.push(self._code("501 Error: SMTPUTF8 disabled", "5.5.4"))
             return
         self.envelope.smtp_utf8 = smtputf8
         size = params.pop("SIZE", None)
@@ -128,16 +134,32 @@ class TransactionMixin:
                 await self.push(syntaxerr)
                 return
             if self.data_size_limit and int(size) > self.data_size_limit:
-                await self.push("552 Error: message size exceeds fixed maximum message size")
+                await self.push(
+                    self._code(
+                        "552 Error: message size exceeds fixed maximum message size", "5.3.4"
+                    )
+                )
                 return
+        auth_offered = self._auth_advertised()
+        if (self.enable_DSN or auth_offered) and params:
+            try:
+                extras = take_mail_parameters(
+                    params, rest or "", dsn=self.enable_DSN, auth=auth_offered
+                )
+            except ValueError as bad:
+                await self.push(bad.args[0])
+                return
+            self._remember_mail_parameters(extras)
         if params:
-            await self.push("555 MAIL FROM parameters not recognized or not implemented")
+            await self.push(
+                self._code("555 MAIL FROM parameters not recognized or not implemented", "5.5.4")
+            )
             return
         status = await self._call_handler_hook("MAIL", address, mail_options)
         if status is MISSING:
             self.envelope.mail_from = address
             self.envelope.mail_options.extend(mail_options)
-            status = "250 OK"
+            status = self._code("250 OK", "2.1.0")
         log.info("%r sender: %s", self.session.peer, address)
         if self.envelope.mail_from:
             self._count(_m.TRANSACTIONS)
@@ -151,7 +173,7 @@ class TransactionMixin:
             return
         assert self.session is not None and self.envelope is not None
         if not self.envelope.mail_from:
-            await self.push("503 Error: need MAIL command")
+            await self.push(self._code("503 Error: need MAIL command", "5.5.1"))
             return
         syntaxerr = self._syntax_error("RCPT TO: <address>", " [SP <mail-parameters>]")
         if arg is None:
@@ -174,8 +196,17 @@ class TransactionMixin:
         if params is None:
             await self.push(syntaxerr)
             return
+        dsn = None
+        if self.enable_DSN and params:
+            try:
+                dsn = take_rcpt_parameters(params, rest or "")
+            except ValueError as bad:
+                await self.push(bad.args[0])
+                return
         if params:
-            await self.push("555 RCPT TO parameters not recognized or not implemented")
+            await self.push(
+                self._code("555 RCPT TO parameters not recognized or not implemented", "5.5.4")
+            )
             return
         limit = self._max_recipients
         if limit is not None and len(self.envelope.rcpt_tos) >= limit:
@@ -188,7 +219,12 @@ class TransactionMixin:
         if status is MISSING:
             self.envelope.rcpt_tos.append(address)
             self.envelope.rcpt_options.extend(rcpt_options)
-            status = "250 OK"
+            status = self._code("250 OK", "2.1.5")
+        if dsn is not None and address in self.envelope.rcpt_tos:
+            recipients = self.envelope.dsn_recipients
+            if not isinstance(recipients, dict):  # the shared empty default
+                recipients = self.envelope.dsn_recipients = {}
+            recipients[address] = dsn
         log.info("%r recip: %s", self.session.peer, address)
         await self.push(status)
 
@@ -200,10 +236,10 @@ class TransactionMixin:
             return
         assert self.session is not None and self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
+            await self.push(self._code("503 Error: need RCPT command", "5.5.1"))
             return
         if arg:
-            await self.push("501 Syntax: DATA")
+            await self.push(self._code("501 Syntax: DATA", "5.5.4"))
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
@@ -213,10 +249,12 @@ class TransactionMixin:
             raise
         self._data_size = reader.size
         if reader.error is DataError.TOO_LONG:
-            await self._data_failed("500 Line too long (see RFC5321 4.5.3.1.6)")
+            await self._data_failed(
+                self._code("500 Line too long (see RFC5321 4.5.3.1.6)", "5.6.0")
+            )
             return
         if reader.error is DataError.TOO_MUCH:
-            await self._data_failed("552 Error: Too much mail data")
+            await self._data_failed(self._code("552 Error: Too much mail data", "5.3.4"))
             return
         if reader.content is None:
             # Nothing can see the message (_message_unseen): only the verdict.
@@ -239,11 +277,23 @@ class TransactionMixin:
                 except UnicodeDecodeError:
                     # Deviation (CHANGES.rst): reset here too, as after the
                     # other DATA errors.
-                    await self._data_failed("500 Error: strict ASCII mode")
+                    await self._data_failed(self._code("500 Error: strict ASCII mode", "5.6.0"))
                     return
         self.envelope.content = content
         self.envelope.original_content = original_content
         await self._deliver()
+
+    def _remember_mail_parameters(self, extras: MailParameters) -> None:
+        """DSN's RET and ENVID, and AUTH (never trusted from a client that
+        has not authenticated: RFC 4954 section 5), on the envelope."""
+        assert self.session is not None and self.envelope is not None
+        envelope = self.envelope
+        if extras.ret is not None:
+            envelope.dsn_ret = extras.ret
+        if extras.envid is not None:
+            envelope.dsn_envid = extras.envid
+        if extras.auth is not None:
+            envelope.mail_auth = extras.auth if self.session.authenticated else "<>"
 
     def _message_unseen(self) -> bool:
         """True when nothing can see the content of the message: no hook
@@ -305,7 +355,7 @@ class TransactionMixin:
         """Hand the received message to the handler and reply (LMTP overrides)."""
         status = await self._delivery_status()
         self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
+        await self.push(self._code("250 OK", "2.0.0") if status is MISSING else status)
 
     async def _read_data(self) -> DataReader:
         """Read DATA content up to the terminator, in as few steps as the

@@ -41,16 +41,16 @@ class LMTP(SMTP):
     @syntax("LHLO hostname")
     async def smtp_LHLO(self, arg: Optional[str]) -> None:
         if not arg:
-            await self.push("501 Syntax: LHLO hostname")
+            await self.push(self._code("501 Syntax: LHLO hostname", "5.5.4"))
             return
         await self._ehlo(arg)
 
     # No @syntax on these two: that keeps them out of HELP.
     async def smtp_HELO(self, arg: Optional[str]) -> None:
-        await self.push('500 Error: command "HELO" not recognized')
+        await self.push(self._code('500 Error: command "HELO" not recognized', "5.5.2"))
 
     async def smtp_EHLO(self, arg: Optional[str]) -> None:
-        await self.push('500 Error: command "EHLO" not recognized')
+        await self.push(self._code('500 Error: command "EHLO" not recognized', "5.5.2"))
 
     async def check_helo_needed(self, helo: str = "LHLO") -> bool:
         # The inherited callers ask for HELO (MAIL/RCPT/DATA) or EHLO (AUTH),
@@ -82,6 +82,6 @@ class LMTP(SMTP):
                 await self.push(reply)
         elif status is MISSING:
             for _ in range(rcpt_count if self.per_recipient_replies else 1):
-                await self.push("250 OK")
+                await self.push(self._code("250 OK", "2.0.0"))
         else:
             await self.push(status)

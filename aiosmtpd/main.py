@@ -154,6 +154,7 @@ def _parser(operations: bool = True) -> ArgumentParser:
         synopsis = _parser(operations=False).format_usage()
         parser.usage = synopsis.split(" ", 1)[1].rstrip("\n").replace(PROGRAM, "%(prog)s", 1)
         _operations_arguments(parser)
+        _extension_arguments(parser)
     return parser
 
 
@@ -218,6 +219,23 @@ def _operations_arguments(parser: ArgumentParser) -> None:
     group.add_argument(
         "--metrics", metavar="HOST:PORT",
         help="Serve Prometheus metrics at http://HOST:PORT/metrics. Default: off.",
+    )
+
+
+def _extension_arguments(parser: ArgumentParser) -> None:
+    """Opt-in ESMTP extensions (docs/extensions.rst)."""
+    group = parser.add_argument_group("extensions")
+    group.add_argument(
+        "--pipelining", action="store_true",
+        help="Offer PIPELINING (RFC 2920).",
+    )
+    group.add_argument(
+        "--enhanced-status-codes", action="store_true",
+        help="Offer ENHANCEDSTATUSCODES (RFC 2034) and put them in every reply.",
+    )
+    group.add_argument(
+        "--dsn", action="store_true",
+        help="Offer DSN (RFC 3461): accept RET, ENVID, NOTIFY and ORCPT.",
     )
 
 
@@ -509,6 +527,9 @@ def main(args: Optional[Sequence[str]] = None) -> None:
             tls_handshake_timeout=parsed.tls_handshake_timeout,
             # A port scanner must not fill the log with tracebacks.
             brief_tls_errors=True,
+            enable_PIPELINING=parsed.pipelining,
+            enable_ENHANCEDSTATUSCODES=parsed.enhanced_status_codes,
+            enable_DSN=parsed.dsn,
             operations=operations,
         )
         sessions.add(protocol)

@@ -19,7 +19,8 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Coroutine, MutableMapping, Sequence
+from collections.abc import Awaitable, Coroutine, Mapping, MutableMapping, Sequence
+from types import MappingProxyType
 from typing import (
     Any,
     Callable,
@@ -58,6 +59,7 @@ from aiosmtpd._discovery import (
     ehlo_hook_version,
     names_with_prefix,
 )
+from aiosmtpd._dsn import RecipientDSN as RecipientDSN
 from aiosmtpd._hooks import MISSING, syntax
 from aiosmtpd._hooks import RT as RT
 from aiosmtpd._hooks import DecoratorType as DecoratorType
@@ -157,6 +159,18 @@ class Session:
 class Envelope:
     """The state of one mail transaction."""
 
+    # Set only when the client sends them (docs/extensions.rst); class
+    # defaults keep a plain transaction as cheap as 1.4.6's.
+    #: RET of DSN (RFC 3461) on MAIL: "FULL" or "HDRS".
+    dsn_ret: Optional[str] = None
+    #: ENVID of DSN on MAIL, decoded from xtext.
+    dsn_envid: Optional[str] = None
+    #: NOTIFY and ORCPT of DSN, by accepted recipient address.
+    dsn_recipients: Mapping[str, RecipientDSN] = MappingProxyType({})
+    #: AUTH on MAIL (RFC 4954): the mailbox, or "<>" (always "<>" when the
+    #: session has not authenticated).
+    mail_auth: Optional[str] = None
+
     def __init__(self) -> None:
         self.mail_from: Optional[str] = None
         self.mail_options: list[str] = []
@@ -254,6 +268,8 @@ class SMTP(
         tls_handshake_timeout: Optional[float] = None,
         brief_tls_errors: bool = False,
         enable_PIPELINING: bool = False,
+        enable_ENHANCEDSTATUSCODES: bool = False,
+        enable_DSN: bool = False,
     ) -> None:
         self.loop = loop if loop else get_or_new_eventloop()
         # No StreamReader: the protocol keeps its own receive buffer.  First,
@@ -308,6 +324,8 @@ class SMTP(
         # Replies held back while pipelined command lines wait (see _flush).
         self._cork: Optional[list[bytes]] = None
         self.enable_PIPELINING = enable_PIPELINING
+        self.enable_ENHANCEDSTATUSCODES = enable_ENHANCEDSTATUSCODES
+        self.enable_DSN = enable_DSN
         self._init_auth(
             handler,
             auth_required=auth_required,
@@ -577,6 +595,13 @@ class SMTP(
         self._ops = operations
         self._metrics = operations.metrics if operations is not None else None
 
+    def _code(self, reply: str, enhanced: Optional[str]) -> str:
+        """``reply`` with its enhanced status code (RFC 2034, RFC 3463) when
+        ENHANCEDSTATUSCODES is on; replies a handler chose never pass here."""
+        if enhanced is None or not self.enable_ENHANCEDSTATUSCODES:
+            return reply
+        return f"{reply[:4]}{enhanced} {reply[4:]}"
+
     def _count(self, index: int, amount: int = 1) -> None:
         if self._metrics is not None:
             self._metrics.values[index] += amount
@@ -757,7 +782,7 @@ class SMTP(
             log.warning("%r TLS handshake failed: %s", peer, _cause(error))
         else:
             log.exception("%r SMTP session exception", peer)
-        return f"500 Error: ({error.__class__.__name__}) {error}"
+        return self._code(f"500 Error: ({error.__class__.__name__}) {error}", "5.0.0")
 
     async def _reply_to_exception(self, error: Exception) -> bool:
         """Reply to an exception raised by a command; False ends the session."""
@@ -768,7 +793,7 @@ class SMTP(
             status = await self.handle_exception(error)
         except Exception as inner:
             log.exception("%r Exception in handle_exception()", peer)
-            status = _describe_error(inner)
+            status = self._code(_describe_error(inner), "5.0.0")
         if isinstance(error, TLSSetupException):
             if self.transport is not None:
                 self.transport.close()
@@ -781,7 +806,7 @@ class SMTP(
                 peer,
                 status,
             )
-            status = _describe_error(error)
+            status = self._code(_describe_error(error), "5.0.0")
         await self.push(status)
         return True
 
@@ -799,7 +824,7 @@ class SMTP(
     async def check_helo_needed(self, helo: str = "HELO") -> bool:
         assert self.session is not None
         if not self.session.host_name:
-            await self.push(f"503 Error: send {helo} first")
+            await self.push(self._code(f"503 Error: send {helo} first", "5.5.1"))
             return True
         return False
 
