@@ -8,7 +8,7 @@ server sends (docs/extensions.rst).
 from __future__ import annotations
 
 import re
-from typing import Optional, Union
+from typing import Callable, Optional, TypeVar, Union
 
 import attr
 
@@ -26,6 +26,7 @@ BAD_NOTIFY = "501 5.5.4 Bad NOTIFY parameter syntax"
 BAD_ORCPT = "501 5.5.4 Bad ORCPT parameter syntax"
 BAD_AUTH = "501 5.5.4 Bad AUTH parameter syntax"
 
+_T = TypeVar("_T")
 _NOTIFY_WORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 
 
@@ -136,18 +137,11 @@ def take_mail_parameters(
     the parameter text as sent (values keep their case).  ``ValueError``
     carries the reply for a bad value."""
     sent = dict(split_params(text))
-    ret = envid = mailbox = None
-    if dsn:
-        if "RET" in params:
-            del params["RET"]
-            ret = parse_ret(sent["RET"])
-        if "ENVID" in params:
-            del params["ENVID"]
-            envid = parse_envid(sent["ENVID"])
-    if auth and "AUTH" in params:
-        del params["AUTH"]
-        mailbox = parse_auth(sent["AUTH"])
-    return MailParameters(ret, envid, mailbox)
+    return MailParameters(
+        _take(params, sent, "RET", parse_ret) if dsn else None,
+        _take(params, sent, "ENVID", parse_envid) if dsn else None,
+        _take(params, sent, "AUTH", parse_auth) if auth else None,
+    )
 
 
 def take_rcpt_parameters(params: dict[str, Union[str, bool]], text: str) -> Optional[RecipientDSN]:
@@ -155,11 +149,17 @@ def take_rcpt_parameters(params: dict[str, Union[str, bool]], text: str) -> Opti
     if "NOTIFY" not in params and "ORCPT" not in params:
         return None
     sent = dict(split_params(text))
-    notify = orcpt = None
-    if "NOTIFY" in params:
-        del params["NOTIFY"]
-        notify = parse_notify(sent["NOTIFY"])
-    if "ORCPT" in params:
-        del params["ORCPT"]
-        orcpt = parse_orcpt(sent["ORCPT"])
-    return RecipientDSN(notify, orcpt)
+    return RecipientDSN(
+        _take(params, sent, "NOTIFY", parse_notify), _take(params, sent, "ORCPT", parse_orcpt)
+    )
+
+
+def _take(
+    params: dict[str, Union[str, bool]], sent: dict[str, str], key: str,
+    parse: Callable[[str], _T],
+) -> Optional[_T]:
+    """Parse ``key``'s value as sent, and take the key out of ``params``."""
+    if key not in params:
+        return None
+    del params[key]
+    return parse(sent[key])
