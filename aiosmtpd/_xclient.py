@@ -352,17 +352,21 @@ def _describe(attributes: dict[str, str]) -> str:
     return " ".join(f"{name.upper()}={value}" for name, value in attributes.items())
 
 
-_hidden: dict[frozenset[str], frozenset[str]] = {}
+# The command names of a class with XCLIENT off, shared by its connections.
+_off_commands: dict[tuple[type, frozenset[str]], frozenset[str]] = {}
 
 
-def _without_xclient(names: frozenset[str]) -> frozenset[str]:
-    """``names`` minus XCLIENT, the result shared by every connection."""
-    hidden = _hidden.get(names)
-    if hidden is None:
-        hidden = names - {"XCLIENT"}
-        if len(_hidden) < 64:
-            _hidden[names] = hidden
-    return hidden
+def _commands_when_off(cls: type, names: frozenset[str]) -> frozenset[str]:
+    """``names`` without our XCLIENT (a subclass's own XCLIENT stays)."""
+    key = (cls, names)
+    commands = _off_commands.get(key)
+    if commands is None:
+        commands = names
+        if "XCLIENT" in names and is_own(cls, "smtp_XCLIENT"):
+            commands = names - {"XCLIENT"}
+        if len(_off_commands) < 256:
+            _off_commands[key] = commands
+    return commands
 
 
 @engine_class
@@ -380,13 +384,11 @@ class XClientMixin(SessionCommandsMixin):
 
     def _init_xclient(self, trusted: Any) -> None:
         """Set up ``xclient_trusted``; off, XCLIENT is no command at all."""
-        self._xclient_trusted = trusted_networks(trusted)
-        if (
-            self._xclient_trusted is None
-            and "XCLIENT" in self._smtp_commands
-            and is_own(type(self), "smtp_XCLIENT")  # not a subclass's own XCLIENT
-        ):
-            self._smtp_commands = _without_xclient(self._smtp_commands)
+        if trusted is None:  # the default: this runs for every connection
+            self._xclient_trusted = None
+            self._smtp_commands = _commands_when_off(type(self), self._smtp_commands)
+        else:
+            self._xclient_trusted = trusted_networks(trusted)
 
     def _xclient_client(self) -> object:
         """The address that must be trusted: the connection's own peer or,
