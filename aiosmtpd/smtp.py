@@ -5,8 +5,9 @@ hook dispatch.  The receive buffer and the command loop are in
 ``_command_loop``; the commands live beside it:
 HELO/EHLO/NOOP/QUIT/RSET/VRFY/EXPN/HELP in ``_session_commands``, MAIL/RCPT/DATA
 in ``_transaction``, AUTH in ``_auth``, STARTTLS in ``_starttls``, the PROXY
-header in ``_proxy_flow``.  The pieces that need no I/O are pure modules: the
-argument grammar in ``_grammar`` and DATA framing in ``_framing``.
+header in ``_proxy_flow``, XCLIENT in ``_xclient``.  The pieces that need no
+I/O are pure modules: the argument grammar in ``_grammar`` and DATA framing in
+``_framing``.
 
 Data flows one way: socket bytes -> receive buffer -> command line or DATA
 framing -> ``smtp_<VERB>`` method -> handler hook -> reply.
@@ -87,6 +88,8 @@ from aiosmtpd._starttls import (
 )
 from aiosmtpd._streams import StreamReaderView, StreamWriterView
 from aiosmtpd._transaction import TransactionMixin
+from aiosmtpd._xclient import TrustedNetworks, XClientMixin, after_starttls
+from aiosmtpd._xclient import XClient as XClient
 from aiosmtpd.operations import Operations
 from aiosmtpd.proxy_protocol import ProxyData as ProxyData
 from aiosmtpd.proxy_protocol import get_proxy as get_proxy
@@ -133,6 +136,10 @@ def is_int(o: Any) -> bool:
 
 class Session:
     """The state of one client connection."""
+
+    #: What a trusted client said with XCLIENT (docs/xclient.rst); a class
+    #: attribute, so that sessions without XCLIENT pay nothing for it.
+    xclient: Optional[XClient] = None
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.peer: Any = None
@@ -197,6 +204,7 @@ def _fqdn() -> str:
 
 @engine_class
 class SMTP(
+    XClientMixin,
     SessionCommandsMixin,
     TransactionMixin,
     AuthMixin,
@@ -226,7 +234,7 @@ class SMTP(
         "_ops", "_metrics", "_ops_address", "_busy", "_delivering", "_data_size",
         "_goodbye", "_goodbye_after", "_session_timer", "_data_timeout", "_session_timeout",
         "_tls_handshake_timeout", "_brief_tls_errors", "_cork",
-        "enable_PIPELINING", "enable_ENHANCEDSTATUSCODES", "enable_DSN",
+        "enable_PIPELINING", "enable_ENHANCEDSTATUSCODES", "enable_DSN", "_xclient_trusted",
     )
 
     # The command budgets, made when the greeting is sent (_begin_commands).
@@ -270,6 +278,7 @@ class SMTP(
         enable_PIPELINING: bool = False,
         enable_ENHANCEDSTATUSCODES: bool = False,
         enable_DSN: bool = False,
+        xclient_trusted: Optional[TrustedNetworks] = None,
     ) -> None:
         self.loop = loop if loop else get_or_new_eventloop()
         # No StreamReader: the protocol keeps its own receive buffer.  First,
@@ -349,6 +358,7 @@ class SMTP(
         # Names only: binding a method per command per connection costs
         # memory on every idle connection; commands are bound when used.
         self._smtp_commands = command_names(self)
+        self._init_xclient(xclient_trusted)
 
         self.transport: Optional[asyncio.BaseTransport] = None
         self.session: Optional[Session] = None
@@ -517,6 +527,7 @@ class SMTP(
         self.session = self._create_session()
         self.session.peer = transport.get_extra_info("peername")
         self.session.proxy_data = old_session.proxy_data
+        after_starttls(old_session, self.session)
         self.session.ssl = tls_info(transport)
         self._reset_timeout()
 
