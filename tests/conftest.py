@@ -8,11 +8,13 @@ from __future__ import annotations
 import contextlib
 import ssl
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
 from aiosmtpd.smtp import SMTP
+from tests._exim import EXIM_SKIP_REASON, Exim, exim_binary
 from tests._server import Certs, LoopThread, Server, ServerFactory, make_server_fixture
 
 
@@ -78,3 +80,17 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 def tls_contexts(certs: Certs) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A server context and a client context that trusts it."""
     return certs.server_context(), certs.client_context()
+
+
+@pytest.fixture
+def exim(tmp_path: Path) -> Iterator[Callable[..., Exim]]:
+    """``exim(port, **options)``: a private Exim relaying every address to
+    127.0.0.1:port (tests/_exim.py), closed after the test; skips without Exim."""
+    if exim_binary() is None:
+        pytest.skip(EXIM_SKIP_REASON)
+    with contextlib.ExitStack() as stack:
+
+        def make(port: int, **options: Any) -> Exim:
+            return stack.enter_context(Exim(tmp_path, port, **options))
+
+        yield make
