@@ -1,8 +1,9 @@
-"""AUTH: result types, the mechanism registry, PLAIN and LOGIN, log redaction.
+"""AUTH: result types, the mechanism registry, the built-in mechanisms, log redaction.
 
-``SMTP`` inherits :class:`AuthMixin`; the ``AUTH`` command itself
-(``smtp_AUTH``) lives in ``smtp.py`` with the other commands.  The pure
-pieces (base64 rules, redaction) have no I/O.
+``SMTP`` inherits :class:`AuthMixin`, which also holds the ``AUTH`` command
+(``smtp_AUTH``).  PLAIN and LOGIN are always built in; CRAM-MD5, XOAUTH2 and
+OAUTHBEARER only when ``auth_enable_mechanism`` names them (their message
+formats: ``_sasl.py``).  The pure pieces (base64 rules, redaction) have no I/O.
 """
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ from aiosmtpd import metrics as _m
 from aiosmtpd._discovery import names_with_prefix
 from aiosmtpd._hooks import MISSING, _Missing, syntax
 from aiosmtpd._inline import engine_class
+from aiosmtpd._sasl import (
+    MalformedResponse,
+    OAuthBearerCredentials,
+    XOAuth2Credentials,
+    cram_md5_challenge,
+    error_status,
+    parse_cram_md5,
+    parse_oauthbearer,
+    parse_xoauth2,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -137,6 +148,46 @@ def decode_b64(blob: Union[str, bytes]) -> bytes:
     return base64.b64decode(blob, validate=True)
 
 
+# The optional built-in mechanisms (auth_enable_mechanism): name -> method.
+# The methods are not named auth_*, so that nothing registers them unasked.
+OPTIONAL_MECHANISMS: dict[str, str] = {
+    "CRAM-MD5": "_sasl_cram_md5",
+    "OAUTHBEARER": "_sasl_oauthbearer",
+    "XOAUTH2": "_sasl_xoauth2",
+}
+
+# The longest answer to a 334 challenge of XOAUTH2 and OAUTHBEARER: OAuth
+# access tokens (JWTs) are often longer than line_length_limit, and RFC 4954
+# section 4 wants servers to take the responses of the mechanisms they offer.
+BEARER_LINE_LIMIT = 16384
+
+# The error challenges' default JSON (RFC 7628 section 3.2.2; Google's XOAUTH2
+# uses HTTP status codes).  A failed AuthResult whose auth_data is a dict of
+# strings replaces it.
+DEFAULT_ERROR_STATUS: dict[str, dict[str, str]] = {
+    "XOAUTH2": {"status": "401", "schemes": "bearer"},
+    "OAUTHBEARER": {"status": "invalid_token"},
+}
+
+
+def optional_mechanisms(names: Union[str, Iterable[str], None]) -> list[str]:
+    """The validated names of ``auth_enable_mechanism``, upper-cased."""
+    if names is None:
+        return []
+    if isinstance(names, str):
+        names = [names]
+    chosen = []
+    for name in names:
+        upper = name.upper() if isinstance(name, str) else name
+        if upper not in OPTIONAL_MECHANISMS:
+            raise ValueError(
+                f"auth_enable_mechanism: unknown optional AUTH mechanism {name!r} "
+                f"(choose from {', '.join(sorted(OPTIONAL_MECHANISMS))})"
+            )
+        chosen.append(upper)
+    return chosen
+
+
 # Registries shared between connections, keyed by their content.
 _registries: dict[tuple[tuple[str, tuple[str, bool]], ...], dict[str, tuple[str, bool]]] = {}
 
@@ -160,6 +211,8 @@ class AuthMixin:
 
     if TYPE_CHECKING:  # pragma: no cover - provided by SMTP
         event_handler: Any
+        hostname: str
+        line_length_limit: int
         session: Optional[Session]
         envelope: Optional[Envelope]
         AuthLoginUsernameChallenge: str
@@ -170,7 +223,7 @@ class AuthMixin:
         async def push(self, status: Union[str, bytes]) -> None: ...
         def _count(self, index: int, amount: int = 1) -> None: ...
         def _code(self, reply: str, enhanced: Optional[str]) -> str: ...
-        async def _readline(self) -> Optional[bytes]: ...
+        async def _readline(self, limit: Optional[int] = None) -> Optional[bytes]: ...
         def _reset_timeout(self) -> None: ...
         def _close(self) -> None: ...
         async def check_helo_needed(self, helo: str = "HELO") -> bool: ...
@@ -186,6 +239,7 @@ class AuthMixin:
         auth_callback: Optional[AuthCallbackType],
         authenticator: Optional[AuthenticatorType],
         failure_limit: Optional[int] = None,
+        enable_mechanism: Union[str, Iterable[str], None] = None,
     ) -> None:
         if failure_limit is not None and (
             not isinstance(failure_limit, int) or failure_limit < 1
@@ -204,11 +258,15 @@ class AuthMixin:
         self._auth_require_tls = auth_require_tls
         self._authenticator = authenticator
         self._auth_callback = auth_callback or login_always_fail
-        # Mechanism name -> (attribute name, is_builtin); handler entries come
-        # second so a handler's auth_PLAIN replaces the built-in one.  The
-        # names, not bound methods, are kept: equal registries are shared
-        # between connections instead of built for each one.
-        registry: dict[str, tuple[str, bool]] = {}
+        # Mechanism name -> (attribute name, is_builtin); the optional
+        # built-ins come first, then this class's auth_* methods, then the
+        # handler's, so that a handler's auth_PLAIN (or auth_CRAM__MD5)
+        # replaces the built-in one.  The names, not bound methods, are kept:
+        # equal registries are shared between connections.
+        registry: dict[str, tuple[str, bool]] = {
+            name: (OPTIONAL_MECHANISMS[name], True)
+            for name in optional_mechanisms(enable_mechanism)
+        }
         for obj, builtin in ((self, True), (handler, False)):
             for name in names_with_prefix(obj, "auth_"):
                 mechanism = getattr(getattr(obj, name), "__auth_mechanism_name__", None)
@@ -250,7 +308,10 @@ class AuthMixin:
                 mechanism,
                 auth_data,
             )
-        assert isinstance(auth_data, LoginPassword)
+        if not isinstance(auth_data, LoginPassword):
+            # auth_callback only knows passwords: the optional mechanisms
+            # need an authenticator.
+            return AuthResult(success=False, handled=False)
         if self._auth_callback(mechanism, *auth_data):
             return AuthResult(success=True, handled=True, auth_data=auth_data)
         return AuthResult(success=False, handled=False)
@@ -262,6 +323,17 @@ class AuthMixin:
         log_client_response: bool = False,
     ) -> Union[_Missing, bytes]:
         """Send a ``334`` challenge; return the decoded response or MISSING."""
+        line = await self._exchange(challenge, encode_to_b64, self.line_length_limit)
+        if log_client_response:
+            warnings.warn("AUTH interaction logging is enabled!", stacklevel=2)
+            warnings.warn("Sensitive information might be leaked!", stacklevel=2)
+            log.debug("%r >> %r", self.session.peer if self.session else None, line)
+        return await self._decode_response(line)
+
+    async def _exchange(
+        self, challenge: Union[str, bytes], encode_to_b64: bool, limit: int
+    ) -> bytes:
+        """Send ``334 <challenge>`` and read the answer, up to ``limit`` bytes."""
         peer = self.session.peer if self.session else None
         if isinstance(challenge, str):
             challenge = challenge.encode()
@@ -269,17 +341,18 @@ class AuthMixin:
             challenge = base64.b64encode(challenge)
         log.debug("%r << challenge: %r", peer, challenge)
         await self.push(b"334 " + challenge)
-        line = await self._readline()
+        line = await self._readline(limit)
         if line is None:
             # The text asyncio's stream reader used in 1.4.6 (docs/decisions.rst,
             # "An over-long AUTH response").
             raise ResponseTooLong("Separator is found, but chunk is longer than limit")
         # Deviation (CHANGES.rst): an answering client is not idle.
         self._reset_timeout()
-        if log_client_response:
-            warnings.warn("AUTH interaction logging is enabled!", stacklevel=2)
-            warnings.warn("Sensitive information might be leaked!", stacklevel=2)
-            log.debug("%r >> %r", peer, line)
+        return line
+
+    async def _decode_response(self, line: bytes) -> Union[_Missing, bytes]:
+        """The decoded answer to a challenge, or MISSING after a 501 reply."""
+        peer = self.session.peer if self.session else None
         blob = line.strip()
         if blob == b"*":
             log.warning("%r aborted AUTH with '*'", peer)
@@ -339,6 +412,72 @@ class AuthMixin:
             return AuthResult(success=False)
         assert isinstance(login, bytes) and isinstance(password, bytes)
         return self._authenticate("LOGIN", LoginPassword(login, password))
+
+    # -- The optional mechanisms (auth_enable_mechanism) -------------------------------
+
+    async def _sasl_cram_md5(self, _: Any, args: list[str]) -> AuthResult:
+        """CRAM-MD5 (RFC 2195): one challenge, ``user SP hex-digest`` back."""
+        if len(args) > 1:
+            # RFC 4954 section 4: a server-first mechanism takes no initial
+            # response.
+            await self.push("501 5.5.2 Initial response not allowed")
+            return AuthResult(success=False)
+        challenge = cram_md5_challenge(self.hostname)
+        response = await self.challenge_auth(challenge)
+        if response is MISSING:
+            return AuthResult(success=False)
+        assert isinstance(response, bytes)
+        try:
+            credentials = parse_cram_md5(response, challenge)
+        except MalformedResponse:
+            await self.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False)
+        return self._authenticate("CRAM-MD5", credentials)
+
+    async def _sasl_xoauth2(self, _: Any, args: list[str]) -> Any:
+        return await self._bearer_exchange("XOAUTH2", args, parse_xoauth2)
+
+    async def _sasl_oauthbearer(self, _: Any, args: list[str]) -> Any:
+        return await self._bearer_exchange("OAUTHBEARER", args, parse_oauthbearer)
+
+    async def _bearer_exchange(
+        self,
+        mechanism: str,
+        args: list[str],
+        parse: Callable[[bytes], Union[XOAuth2Credentials, OAuthBearerCredentials]],
+    ) -> Any:
+        """XOAUTH2 and OAUTHBEARER: the client sends its token first (initial
+        response, or the answer to an empty ``334``); on failure the server
+        sends an error challenge (``334 <base64 JSON>``), the client answers
+        (XOAUTH2: an empty line, OAUTHBEARER: ``^A``), then ``535``."""
+        if len(args) == 1:
+            line = await self._exchange(b"", False, BEARER_LINE_LIMIT)
+            response = await self._decode_response(line)
+        else:
+            response = await self._decode_initial_response(args[1])
+        if response is MISSING:
+            return AuthResult(success=False)
+        assert isinstance(response, bytes)
+        try:
+            credentials = parse(response)
+        except MalformedResponse:
+            await self.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False)
+        result = self._authenticate(mechanism, credentials)
+        if isinstance(result, AuthResult):
+            failed = not result.success and not result.handled
+        else:
+            failed = result is False or result is MISSING
+        if not failed:
+            return result
+        status = getattr(result, "auth_data", None)
+        if not (isinstance(status, dict) and status):
+            status = DEFAULT_ERROR_STATUS[mechanism]
+        line = await self._exchange(error_status(status), True, BEARER_LINE_LIMIT)
+        if await self._decode_response(line) is MISSING:
+            # "*" or bad base64: already answered with 501.
+            return AuthResult(success=False)
+        return result
 
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: Optional[str]) -> None:

@@ -186,11 +186,13 @@ class CommandLoopMixin:
 
     # -- The command loop -----------------------------------------------------------
 
-    async def _readline(self) -> Optional[bytes]:
-        """Return the next LF-terminated line, or None if it was too long
-        (and has been discarded up to and including its LF)."""
+    async def _readline(self, limit: Optional[int] = None) -> Optional[bytes]:
+        """Return the next LF-terminated line, or None if it was longer than
+        ``limit`` (default: ``line_length_limit``) and has been discarded up
+        to and including its LF."""
         buf = self._buf
-        limit = self.line_length_limit
+        if limit is None:
+            limit = self.line_length_limit
         while True:
             i = buf.find(b"\n", 0, limit + 1)
             if i >= 0:

@@ -20,7 +20,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Coroutine, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping, MutableMapping, Sequence
 from types import MappingProxyType
 from typing import (
     Any,
@@ -77,6 +77,9 @@ from aiosmtpd._inline import (
 )
 from aiosmtpd._loop import get_or_new_eventloop
 from aiosmtpd._proxy_flow import checked_proxy_timeout
+from aiosmtpd._sasl import CramMD5Response as CramMD5Response
+from aiosmtpd._sasl import OAuthBearerCredentials as OAuthBearerCredentials
+from aiosmtpd._sasl import XOAuth2Credentials as XOAuth2Credentials
 from aiosmtpd._session_commands import SessionCommandsMixin
 from aiosmtpd._starttls import (
     StartTLSMixin,
@@ -279,6 +282,7 @@ class SMTP(
         enable_ENHANCEDSTATUSCODES: bool = False,
         enable_DSN: bool = False,
         xclient_trusted: Optional[TrustedNetworks] = None,
+        auth_enable_mechanism: Union[str, Iterable[str], None] = None,
     ) -> None:
         self.loop = loop if loop else get_or_new_eventloop()
         # No StreamReader: the protocol keeps its own receive buffer.  First,
@@ -343,6 +347,7 @@ class SMTP(
             auth_callback=auth_callback,
             authenticator=authenticator,
             failure_limit=auth_failure_limit,
+            enable_mechanism=auth_enable_mechanism,
         )
 
         self._handle_hooks: dict[str, Callable[..., Any]] = {

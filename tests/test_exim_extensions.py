@@ -58,7 +58,8 @@ def test_exim_uses_every_extension(start: ServerFactory, exim: EximFactory) -> N
         assert keyword in ehlo, ehlo
     # PIPELINING: MAIL and the RCPTs held back and sent as one group.
     assert verbs(result.sent) == ["EHLO", "AUTH", "MAIL", "RCPT", "RCPT", "DATA", "QUIT"]
-    markers = [m for m, text in exim_dialogue(result.transcript) if text.startswith(("MAIL", "RCPT"))]
+    dialogue = exim_dialogue(result.transcript)
+    markers = [m for m, text in dialogue if text.startswith(("MAIL", "RCPT"))]
     assert markers == ["|>", "|>", "|>"], markers
     # DSN and AUTH=<> went on MAIL and RCPT, and reached the envelope.
     mail = result.sent[2]

@@ -2,13 +2,15 @@
 
 Every record of every logger is captured at DEBUG while real clients run
 complete AUTH exchanges over loopback; then no record may contain the
-password, in clear or base64-encoded.
+password (or bearer token, or CRAM-MD5 digest), in clear or base64-encoded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import logging
 import smtplib
 from typing import Any
@@ -18,9 +20,12 @@ import pytest
 from aiosmtpd.smtp import (
     SMTP,
     AuthResult,
+    CramMD5Response,
     Envelope,
     LoginPassword,
+    OAuthBearerCredentials,
     Session,
+    XOAuth2Credentials,
     sanitize,
     sanitized_log,
 )
@@ -34,12 +39,12 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def secret_forms() -> list[str]:
-    """The password as it may appear in a record: clear, or base64 of any
+def secret_forms(secret: str = PASSWORD) -> list[str]:
+    """The secret as it may appear in a record: clear, or base64 of any
     blob that carries it (at each of the three alignments)."""
-    forms = {PASSWORD, repr(PASSWORD.encode())[2:-1], b64(PASSWORD.encode())}
+    forms = {secret, repr(secret.encode())[2:-1], b64(secret.encode())}
     for prefix in (b"", b"\0", b"\0" + USER.encode() + b"\0", b"x", b"xy"):
-        encoded = b64(prefix + PASSWORD.encode())
+        encoded = b64(prefix + secret.encode())
         # Skip the characters that also depend on the prefix.
         start = (len(prefix) + 2) // 3 * 4
         forms.add(encoded[start: start + 12])
@@ -73,10 +78,10 @@ def record_texts(records: list[logging.LogRecord]) -> list[str]:
     return texts
 
 
-def assert_no_secret(records: list[logging.LogRecord]) -> None:
+def assert_no_secret(records: list[logging.LogRecord], secret: str = PASSWORD) -> None:
     assert records, "nothing was logged: the capture is broken"
     texts = record_texts(records)
-    for form in secret_forms():
+    for form in secret_forms(secret):
         leaks = [t for t in texts if form in t]
         assert not leaks, f"{form!r} logged: {leaks}"
 
@@ -136,6 +141,81 @@ def test_no_secret_in_any_log_record(server: Server,
     assert_no_secret(caplog.records)
 
 
+def sasl_check(server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+               auth_data: Any) -> AuthResult:
+    if isinstance(auth_data, CramMD5Response):
+        ok = auth_data.verify(PASSWORD)
+    else:
+        assert isinstance(auth_data, (XOAuth2Credentials, OAuthBearerCredentials))
+        ok = auth_data.token == PASSWORD.encode()
+    return AuthResult(success=ok, handled=False, auth_data=auth_data)
+
+
+def run_sasl_exchanges(port: int) -> list[str]:
+    """CRAM-MD5, XOAUTH2 and OAUTHBEARER, PASSWORD being the CRAM-MD5 secret
+    and the bearer token; returns the CRAM-MD5 digests sent."""
+    digests = []
+    blobs = {
+        "XOAUTH2": lambda token: b64(b"user=%s\x01auth=Bearer %s\x01\x01" % (USER.encode(), token)),
+        "OAUTHBEARER": lambda token: b64(b"n,a=%s,\x01auth=Bearer %s\x01\x01" % (USER.encode(),
+                                                                                 token)),
+    }
+    for secret, reply in ((PASSWORD + "x", b"535"), (PASSWORD, b"235")):
+        client = LineClient(port)
+        assert client.cmd("EHLO c").startswith(b"250-")
+        challenge = client.cmd("AUTH CRAM-MD5")
+        assert challenge.startswith(b"334 ")
+        digest = hmac.new(secret.encode(), base64.b64decode(challenge[4:]), hashlib.md5)
+        digests.append(digest.hexdigest())
+        answer = b64(USER.encode() + b" " + digests[-1].encode())
+        assert client.cmd(answer).startswith(reply)
+        client.close()
+    for mechanism, make in blobs.items():
+        blob, wrong = make(PASSWORD.encode()), make(PASSWORD.encode() + b"x")
+        client = LineClient(port)
+        assert client.cmd("EHLO c").startswith(b"250-")
+        # A wrong token (the error challenge, then 535), both ways.
+        for command, response in ((f"AUTH {mechanism} {wrong}", None),
+                                  (f"AUTH {mechanism}", wrong)):
+            reply = client.cmd(command)
+            if response is not None:
+                assert reply == b"334 "
+                reply = client.cmd(response)
+            assert reply.startswith(b"334 ") and len(reply) > 4
+            assert client.cmd("" if mechanism == "XOAUTH2" else "AQ==").startswith(b"535")
+        # A mistyped (undecodable) blob.
+        assert client.cmd(f"AUTH {mechanism} {blob}!") == b"501 5.5.2 Can't decode base64"
+        assert client.cmd(f"AUTH {mechanism}") == b"334 "
+        assert client.cmd(blob + "!") == b"501 5.5.2 Can't decode base64"
+        # The right token, as initial response and as answer.
+        assert client.cmd(f"AUTH {mechanism} {blob}").startswith(b"235")
+        client.close()
+        client = LineClient(port)
+        assert client.cmd("EHLO c").startswith(b"250-")
+        assert client.cmd(f"AUTH {mechanism}") == b"334 "
+        assert client.cmd(blob).startswith(b"235")
+        client.close()
+    return digests
+
+
+def test_no_secret_in_any_log_record_optional_mechanisms(
+    lt: LoopThread, start: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start(Handler(), loop=lt.loop, auth_require_tls=False, authenticator=sasl_check,
+                   auth_enable_mechanism=["CRAM-MD5", "XOAUTH2", "OAUTHBEARER"])
+    caplog.set_level(logging.DEBUG)
+    digests = run_sasl_exchanges(server.port)
+    messages = caplog.messages
+    for mechanism in ("CRAM-MD5", "XOAUTH2", "OAUTHBEARER"):
+        assert f"Using builtin auth_ hook for {mechanism!r}" in messages
+        assert any(f"auth_{mechanism} returned AuthResult(" in m for m in messages)
+    assert any("AUTH XOAUTH2 ********" in m for m in messages)
+    assert any("AUTH OAUTHBEARER ********" in m for m in messages)
+    assert_no_secret(caplog.records)
+    for digest in digests:
+        assert_no_secret(caplog.records, digest)
+
+
 def test_secret_detection_can_fail(caplog: pytest.LogCaptureFixture) -> None:
     # The checker itself finds a leak, in each form it looks for.
     caplog.set_level(logging.DEBUG)
@@ -144,6 +224,13 @@ def test_secret_detection_can_fail(caplog: pytest.LogCaptureFixture) -> None:
         logging.getLogger("mail.log").debug("oops %r", leaked.encode())
         with pytest.raises(AssertionError, match="logged"):
             assert_no_secret(caplog.records)
+    digest = "b913a602c7eda7a495b4e6e7334d3890"
+    for leaked in (digest, b64(f"{USER} {digest}".encode()),
+                   b64(f"user=x\x01auth=Bearer {digest}".encode())):
+        caplog.clear()
+        logging.getLogger("mail.log").debug("oops %r", leaked.encode())
+        with pytest.raises(AssertionError, match="logged"):
+            assert_no_secret(caplog.records, digest)
 
 
 def test_log_client_response_does_log(lt: LoopThread, caplog: pytest.LogCaptureFixture) -> None:

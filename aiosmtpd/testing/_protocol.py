@@ -77,8 +77,8 @@ class RecordingSMTP(SMTP):
             self._in_auth_exchange = shown[-1][:3] == b"334"
         await super()._write(data, lines)
 
-    async def _readline(self) -> Optional[bytes]:
-        line = await super()._readline()
+    async def _readline(self, limit: Optional[int] = None) -> Optional[bytes]:
+        line = await super()._readline(limit)
         if line is None:
             self._record("C", "<line too long>")
         else:
