@@ -68,10 +68,11 @@ def _parse_with_stdlib(arg: str, require_closing_bracket: bool = True) -> Addres
         else:
             token, rest = get_addr_spec(arg)
         address = token.addr_spec
-    except (HeaderParseError, IndexError, AttributeError):
+    except (HeaderParseError, IndexError, AttributeError, UnboundLocalError):
         # The stdlib parser crashes on some truncated inputs: IndexError for
-        # '<', '<@', '"', AttributeError for 'a@[b'; upstream replied
-        # "500 Error: (IndexError) ...".  They are malformed addresses.
+        # '<', '<@', '"', AttributeError for 'a@[b', UnboundLocalError for
+        # '<a@[ '; upstream replied "500 Error: (IndexError) ...".  They are
+        # malformed addresses (CHANGES.rst).
         return None, None
     if address is None:  # pragma: no cover - the parsers always set it
         return None, None

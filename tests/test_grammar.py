@@ -91,6 +91,7 @@ simple_args = st.builds(
 @example(arg="<a@b> \n", limit=0)
 @example(arg="<a@b>  (c) x", limit=0)
 @example(arg="<a@b>\n", limit=0)
+@example(arg="<0@[ ", limit=0)  # the stdlib raised UnboundLocalError
 def test_fast_path_accepts_exactly_what_stdlib_accepts(arg: str, limit: int) -> None:
     assert get_address(arg, limit) == stdlib(arg, limit)
 
@@ -116,6 +117,7 @@ def test_fast_path_is_taken_for_common_addresses() -> None:
         ("foo bar", ('"foo bar"', "")),
         # Deviation (CHANGES.rst): an angle-addr must have its '>'.
         ("<a@b", (None, None)),
+        ("<0@[ ", (None, None)),  # the stdlib raises UnboundLocalError
         ("<a@b SIZE=1", (None, None)),
         ("<", (None, None)),
         ("@", (None, None)),
