@@ -12,17 +12,19 @@ import sys
 import weakref
 from argparse import ArgumentParser, Namespace
 from contextlib import suppress
+from functools import partial
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
-from aiosmtpd import __version__
+from aiosmtpd import __version__, workers
 from aiosmtpd._loop import get_or_new_eventloop
 from aiosmtpd.smtp import DATA_SIZE_DEFAULT as DATA_SIZE_DEFAULT  # re-exported for user code
 from aiosmtpd.smtp import SMTP
 
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Sequence
+    import socket
+    from collections.abc import Awaitable, Sequence
 
 try:
     import pwd
@@ -133,6 +135,16 @@ def _parser() -> ArgumentParser:
         help=(
             "With STARTTLS configured, let clients send mail without "
             "STARTTLS (by default they must use it first)."
+        ),
+    )
+    parser.add_argument(
+        "--workers",
+        metavar="N",
+        type=workers._worker_count,
+        default=1,
+        help=(
+            "Serve with N worker processes sharing the listening address, "
+            "restarted when they die (POSIX only). Default: 1, one process."
         ),
     )
     parser.add_argument(
@@ -281,13 +293,13 @@ def _drop_privileges(nobody: Any) -> None:
         _setuid_failed()
 
 
-def _configure_logging(debug: int, loop: asyncio.AbstractEventLoop) -> None:
+def _configure_logging(debug: int, loop: Optional[asyncio.AbstractEventLoop]) -> None:
     logging.basicConfig(level=logging.ERROR)
     if debug >= 1:
         log.setLevel(logging.INFO)
     if debug >= 2:
         log.setLevel(logging.DEBUG)
-    if debug >= 3:
+    if debug >= 3 and loop is not None:
         loop.set_debug(True)
 
 
@@ -329,7 +341,7 @@ def _complete(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any]) -> Any:
 
 def _shutdown(
     loop: asyncio.AbstractEventLoop,
-    server: asyncio.Server,
+    server: asyncio.AbstractServer,
     sessions: weakref.WeakSet[SMTP],
 ) -> None:
     server.close()
@@ -361,6 +373,26 @@ def main(args: Optional[Sequence[str]] = None) -> None:
     tls_context = _server_tls_context(parsed.tlscert, parsed.tlskey)
     smtps_context = _server_tls_context(parsed.smtpscert, parsed.smtpskey)
 
+    if parsed.workers > 1:
+        # Binds, drops privileges, then runs _serve() in each worker process.
+        serve = partial(_serve, parsed, None, tls_context, smtps_context)
+        workers._supervise_cli(parsed, nobody, serve)
+        return
+    _serve(parsed, nobody, tls_context, smtps_context)
+
+
+def _serve(
+    parsed: Namespace,
+    nobody: Any,
+    tls_context: Optional[ssl.SSLContext],
+    smtps_context: Optional[ssl.SSLContext],
+    sockets: Optional[list[socket.socket]] = None,
+) -> None:
+    """Serve until stopped: binds ``parsed.host:port``, or serves ``sockets``
+    (already bound and listening: a worker of ``--workers``).
+
+    ``nobody``: the user to switch to once bound, or ``None``.
+    """
     loop = get_or_new_eventloop()
     _configure_logging(parsed.debug, loop)
 
@@ -377,7 +409,7 @@ def main(args: Optional[Sequence[str]] = None) -> None:
         sessions.add(protocol)
         return protocol
 
-    # The loop is stopped by SIGINT (through this future), by a
+    # The loop is stopped by SIGINT or SIGTERM (through this future), by a
     # KeyboardInterrupt out of a callback, or by loop.stop() from code that
     # embeds main(); whichever comes first, the listener is closed and the
     # loop closed before main() returns. A stop while the socket is being
@@ -392,15 +424,20 @@ def main(args: Optional[Sequence[str]] = None) -> None:
     # arrives as KeyboardInterrupt instead.
     with suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGINT, request_stop)
+        loop.add_signal_handler(signal.SIGTERM, request_stop)
 
     log.debug("Attempting to start server on %s:%s", parsed.host, parsed.port)
-    binding = asyncio.ensure_future(
-        loop.create_server(factory, host=parsed.host, port=parsed.port, ssl=smtps_context),
-        loop=loop,
-    )
+    listening: Awaitable[asyncio.AbstractServer]
+    if sockets is None:
+        listening = loop.create_server(
+            factory, host=parsed.host, port=parsed.port, ssl=smtps_context
+        )
+    else:
+        listening = workers.create_server(factory, sockets, ssl=smtps_context)
+    binding = asyncio.ensure_future(listening, loop=loop)
     if not _run(loop, binding):
         request_stop()
-    server: asyncio.Server = _complete(loop, binding)
+    server: asyncio.AbstractServer = _complete(loop, binding)
     if nobody is not None:
         _preload()
         _drop_privileges(nobody)

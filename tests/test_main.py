@@ -308,7 +308,7 @@ def test_help() -> None:
         "usage: aiosmtpd [-h] [-v] [-n] [-c CLASSPATH] [-s SIZE] [-u] [-d]\n"
         "                [-l [[HOST][:PORT]]] [--smtpscert CERTFILE]\n"
         "                [--smtpskey KEYFILE] [--tlscert CERTFILE] [--tlskey KEYFILE]\n"
-        "                [--no-requiretls]\n"
+        "                [--no-requiretls] [--workers N]\n"
         "                [CLASSARGS ...]\n"
     )
     assert "An RFC 5321 SMTP server with extensions." in result.stdout
@@ -380,10 +380,18 @@ def test_sigint_with_a_client_still_connected() -> None:
                 client.rcpt("b@x")
 
 
-def test_sigterm_kills() -> None:
-    with cli_server("-c", "aiosmtpd.handlers.Sink") as (process, _):
-        stop(process, signal.SIGTERM)
-    assert process.returncode == -signal.SIGTERM
+def test_sigterm_stops_like_sigint() -> None:
+    # 1.4.6 was killed by SIGTERM (status -15); a service manager's stop
+    # now shuts down as Ctrl-C does.
+    with cli_server("-c", "aiosmtpd.handlers.Sink") as (process, port):
+        with closing(smtplib.SMTP("127.0.0.1", port, timeout=30)) as client:
+            client.ehlo("me")
+            client.mail("a@x")
+            _, err = stop(process, signal.SIGTERM)
+            assert process.returncode == 0
+            assert err == ""
+            with pytest.raises((smtplib.SMTPServerDisconnected, OSError)):
+                client.rcpt("b@x")
 
 
 def test_size_and_smtputf8_options() -> None:
