@@ -25,6 +25,7 @@ from typing import (
 
 import attr
 
+from aiosmtpd import metrics as _m
 from aiosmtpd._discovery import names_with_prefix
 from aiosmtpd._hooks import MISSING, _Missing, syntax
 from aiosmtpd._inline import engine_class
@@ -167,6 +168,7 @@ class AuthMixin:
         def _tls_active(self) -> bool: ...
 
         async def push(self, status: Union[str, bytes]) -> None: ...
+        def _count(self, index: int, amount: int = 1) -> None: ...
         async def _readline(self) -> Optional[bytes]: ...
         def _reset_timeout(self) -> None: ...
         def _close(self) -> None: ...
@@ -391,6 +393,10 @@ class AuthMixin:
         log.debug("auth_%s returned %r", mechanism, result)
         await self._apply_auth_result(result)
 
+    def _auth_failed(self) -> None:
+        self._auth_failures += 1
+        self._count(_m.AUTH_FAILURES)
+
     def _find_mechanism(self, name: str) -> Optional[str]:
         # Deviation (CHANGES.rst): SASL names are case-insensitive; the
         # registry's spelling is what handlers and mechanisms see.
@@ -412,7 +418,7 @@ class AuthMixin:
                 session.login_data = getattr(result.auth_data, "login", None)
                 await self.push(result.message or "235 2.7.0 Authentication successful")
             else:
-                self._auth_failures += 1
+                self._auth_failed()
                 if not result.handled:
                     await self.push(
                         result.message or "535 5.7.8 Authentication credentials invalid"
@@ -420,7 +426,7 @@ class AuthMixin:
         elif result is None:
             pass  # legacy: the mechanism has replied already
         elif result is MISSING or result is False:
-            self._auth_failures += 1
+            self._auth_failed()
             await self.push("535 5.7.8 Authentication credentials invalid")
         else:
             # Legacy "identity" result; upstream forgot to mark the session

@@ -98,6 +98,13 @@ class CommandLoopMixin:
         _proxy_timeout: Optional[float]
         _last_activity: float
         _timeout_handle: Optional[asyncio.TimerHandle]
+        _busy: bool
+        _goodbye: Optional[str]
+        _cork: Optional[list[bytes]]
+
+        def _flush(self) -> None: ...
+
+        def _leaving_now(self) -> bool: ...
 
         async def push(self, status: Union[str, bytes]) -> None: ...
         async def _reply_to_exception(self, error: Exception) -> bool: ...
@@ -305,15 +312,23 @@ class CommandLoopMixin:
             self._reset_timeout()
         if self._run is DRIVING and command in _TASK_COMMANDS:
             await HOP
+        self._busy = True
         try:
             await method(parsed.arg)
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception as error:
+            self._busy = False
             return await self._reply_to_exception(error)
+        self._busy = False
+        if self._goodbye is not None:
+            # A drain or a deadline waited for this command to end.
+            return not self._leaving_now()
         return True
 
     def _close(self) -> None:
+        if self._cork is not None:
+            self._flush()  # what was said before closing is still sent
         if self.transport is not None:
             self.transport.close()
 
@@ -327,6 +342,13 @@ class CommandLoopMixin:
     def _pump(self) -> None:
         """Answer the complete command lines in the buffer, inline, up to
         LINES_PER_TURN of them; the rest on a later turn of the loop."""
+        try:
+            self._answer_lines()
+        finally:
+            if self._cork is not None:
+                self._flush()
+
+    def _answer_lines(self) -> None:
         buf = self._buf
         limit = self.line_length_limit
         turn = LINES_PER_TURN
@@ -356,6 +378,10 @@ class CommandLoopMixin:
             turn -= 1
             line = bytes(buf[: i + 1])
             del buf[: i + 1]
+            if self._cork is None and buf.find(b"\n", 0, limit + 1) >= 0:
+                # Pipelined: more lines wait behind this one.  Their replies
+                # go out together when no complete line is left (_flush).
+                self._cork = []
             self._drive(self._process_line(line))
 
     def _next_turn(self) -> None:

@@ -103,7 +103,7 @@ class DataReader:
     line or a read, whatever the message size; :attr:`content` stays None.
     """
 
-    __slots__ = ("size_limit", "line_limit", "keep", "error", "content", "_scanned",
+    __slots__ = ("size_limit", "line_limit", "keep", "error", "content", "size", "_scanned",
                  "_dropped", "_checked")
 
     def __init__(self, size_limit: Optional[int], line_limit: int, keep: bool = True) -> None:
@@ -113,6 +113,8 @@ class DataReader:
         self.error: Optional[DataError] = None
         #: The raw (still dot-stuffed) content once the terminator is found.
         self.content: Optional[bytes] = None
+        #: The content's length (still dot-stuffed) once the terminator is found.
+        self.size = 0
         # Bytes of the buffer already searched for the terminator.
         self._scanned = 0
         # Bytes deleted from the front of the buffer: after an error, or
@@ -207,6 +209,7 @@ class DataReader:
             self.error = DataError.TOO_LONG
 
     def _finish(self, buf: bytearray, content_end: int, consumed: int) -> int:
+        self.size = self._dropped + content_end
         if self.error is None:
             self._check(buf, content_end, final=True)
             if self.error is None and self.keep:

@@ -67,5 +67,12 @@ async def accept_proxy_header(server: SMTP) -> bool:
             server.transport.close()
         return False
     del buf[: scan.consumed]
+    if server._ops is not None:
+        # The per-address limit counts the client the PROXY header names.
+        source = getattr(proxy_data, "src_addr", None)
+        refusal = server._identified((str(source), 0) if source else peer)
+        if refusal is not None:
+            server._say_goodbye(refusal, greeted=True)
+            return False
     server._set_timeout(server._idle_timeout)
     return True

@@ -32,6 +32,7 @@ class SessionCommandsMixin:
         tls_context: Any
         data_size_limit: Optional[int]
         enable_SMTPUTF8: bool
+        enable_PIPELINING: bool
         command_size_limit: int
         command_size_limits: Any
         local_part_limit: int
@@ -48,6 +49,7 @@ class SessionCommandsMixin:
         async def check_auth_needed(self, caller_method: str) -> bool: ...
         async def _call_handler_hook(self, command: str, *args: Any) -> Any: ...
         def _set_rset_state(self) -> None: ...
+        def _close(self) -> None: ...
         def _getaddr(self, arg: str) -> tuple[Optional[str], Optional[str]]: ...
         def _auth_advertised(self) -> bool: ...
         def _syntax_available(self, method: Any) -> bool: ...
@@ -94,6 +96,8 @@ class SessionCommandsMixin:
             lines.append("250-STARTTLS")
         if self._auth_advertised():
             lines.append("250-AUTH " + " ".join(sorted(self._auth_methods)))
+        if self.enable_PIPELINING:
+            lines.append("250-PIPELINING")
         return lines
 
     async def _ehlo(self, hostname: str) -> None:
@@ -147,8 +151,7 @@ class SessionCommandsMixin:
             return
         status = await self._call_handler_hook("QUIT")
         await self.push("221 Bye" if status is MISSING else status)
-        if self.transport is not None:
-            self.transport.close()
+        self._close()
 
     @syntax("RSET")
     async def smtp_RSET(self, arg: Optional[str]) -> None:

@@ -8,6 +8,7 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union, cast
 
+from aiosmtpd import metrics as _m
 from aiosmtpd._hooks import syntax
 from aiosmtpd._inline import engine_class
 
@@ -88,6 +89,8 @@ class StartTLSMixin:
         _tls_protocol: Any
         _tls_handshake_okay: bool
         _handle_hooks: dict[str, Callable[..., Any]]
+        _tls_handshake_timeout: Optional[float]
+        def _count(self, index: int, amount: int = 1) -> None: ...
 
         async def push(self, status: Union[str, bytes]) -> None: ...
         def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
@@ -120,10 +123,12 @@ class StartTLSMixin:
                 self,  # type: ignore[arg-type]
                 self.tls_context,
                 server_side=True,
+                ssl_handshake_timeout=self._tls_handshake_timeout,
             )
         except asyncio.CancelledError:
             raise
         except Exception as error:
+            self._count(_m.TLS_FAILURES)
             # A client that disconnects mid-handshake is a failed handshake
             # too: handle_exception sees it, as in 1.4.6 (docs/tls.rst,
             # "When the handshake fails").
@@ -139,6 +144,7 @@ class StartTLSMixin:
             # the handshake; from here on pausing goes through tls_transport.
             self._reading_paused = False
             transport.resume_reading()
+        self._count(_m.TLS_HANDSHAKES)
         # The TLS layer under tls_transport: upstream's _tls_protocol.
         self._tls_protocol = transport.get_protocol()
         # As upstream's TLS layer did: connection_made() again, with the TLS

@@ -12,6 +12,7 @@ import logging
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
+from aiosmtpd import metrics as _m
 from aiosmtpd._framing import DataError, DataReader, has_bare_cr_or_lf, unstuff
 from aiosmtpd._hooks import MISSING, syntax
 from aiosmtpd._inline import DRIVING, HOP, Run, engine_class, is_own
@@ -20,6 +21,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import Envelope, Session
 
 log = logging.getLogger("mail.log")
+
+
+def _accepts(status: Any) -> bool:
+    """Whether a handler's verdict accepts the message (for the metrics):
+    a 2xx reply, or for LMTP a list of replies with at least one."""
+    if isinstance(status, (list, tuple)):
+        return any(_accepts(reply) for reply in status)
+    if isinstance(status, bytes):
+        return status[:1] == b"2"
+    return isinstance(status, str) and status[:1] == "2"
 
 
 @engine_class
@@ -41,6 +52,10 @@ class TransactionMixin:
         _in_data: bool
         _run: Run
         _inline: bool
+        _data_timeout: Optional[float]
+        _delivering: bool
+        _data_size: int
+        loop: asyncio.AbstractEventLoop
 
         async def push(self, status: Union[str, bytes]) -> None: ...
         async def check_helo_needed(self, helo: str = "HELO") -> bool: ...
@@ -53,6 +68,8 @@ class TransactionMixin:
         def _resume_reading(self) -> None: ...
         def _reset_timeout(self) -> None: ...
         def _wait_for_data(self) -> asyncio.Future[None]: ...
+        def _data_expired(self) -> None: ...
+        def _count(self, index: int, amount: int = 1) -> None: ...
 
     def _syntax_error(self, text: str, extended: str) -> str:
         assert self.session is not None
@@ -122,6 +139,8 @@ class TransactionMixin:
             self.envelope.mail_options.extend(mail_options)
             status = "250 OK"
         log.info("%r sender: %s", self.session.peer, address)
+        if self.envelope.mail_from:
+            self._count(_m.TRANSACTIONS)
         await self.push(status)
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
@@ -192,6 +211,7 @@ class TransactionMixin:
         except (asyncio.CancelledError, ConnectionResetError):
             log.info("Connection lost during DATA")
             raise
+        self._data_size = reader.size
         if reader.error is DataError.TOO_LONG:
             await self._data_failed("500 Line too long (see RFC5321 4.5.3.1.6)")
             return
@@ -249,6 +269,17 @@ class TransactionMixin:
 
     async def _delivery_status(self) -> Any:
         """The handler's verdict on the received message, or MISSING."""
+        self._delivering = True
+        try:
+            status = await self._handler_verdict()
+        finally:
+            self._delivering = False
+        if status is MISSING or _accepts(status):
+            self._count(_m.MESSAGES)
+            self._count(_m.MESSAGE_BYTES, self._data_size)
+        return status
+
+    async def _handler_verdict(self) -> Any:
         assert self.session is not None and self.envelope is not None
         if "DATA" in self._handle_hooks:
             return await self._call_handler_hook("DATA")
@@ -285,6 +316,11 @@ class TransactionMixin:
         buf = self._buf
         self._in_data = True
         self._resume_reading()
+        deadline = (
+            None
+            if self._data_timeout is None
+            else self.loop.call_later(self._data_timeout, self._data_expired)
+        )
         try:
             # What the previous wake-up had seen: the DATA command itself
             # restarted the timer for anything already buffered.
@@ -305,3 +341,5 @@ class TransactionMixin:
                 await self._wait_for_data()
         finally:
             self._in_data = False
+            if deadline is not None:
+                deadline.cancel()

@@ -29,6 +29,7 @@ from types import FrameType
 from typing import Any, ClassVar, Literal, TypeVar
 
 from aiosmtpd._starttls import handshake_timeout
+from aiosmtpd.operations import Operations
 from aiosmtpd.smtp import SMTP
 
 __all__ = [
@@ -222,6 +223,13 @@ class BaseController(metaclass=ABCMeta):
         self.loop = asyncio.new_event_loop() if loop is None else loop
         self.ssl_context = ssl_context
         self.SMTP_kwargs: dict[str, Any] = {}
+        #: Limits, drain and metrics shared by this controller's connections
+        #: (docs/operations.rst); given, or made from the keywords.
+        self.operations: Operations = SMTP_parameters.pop("operations", None) or Operations(
+            max_connections=SMTP_parameters.pop("max_connections", None),
+            max_connections_per_ip=SMTP_parameters.pop("max_connections_per_ip", None),
+            metrics=SMTP_parameters.pop("metrics", False),
+        )
         if "server_kwargs" in SMTP_parameters:
             warnings.warn(
                 _SERVER_KWARGS_DEPRECATION,
@@ -270,6 +278,9 @@ class BaseController(metaclass=ABCMeta):
             protocol = self.smtpd
             if protocol is None:
                 raise RuntimeError("factory() returned None")
+            if isinstance(protocol, SMTP) and protocol._ops is None:
+                # Also for a factory() that does not pass operations=.
+                protocol._attach(self.operations)
             with contextlib.suppress(TypeError):  # not weak-referenceable
                 self._protocols.add(protocol)
             return protocol
@@ -294,7 +305,14 @@ class BaseController(metaclass=ABCMeta):
         for task in asyncio.all_tasks(self.loop):
             task.cancel()
 
+    async def _drain_connections(self, timeout: float) -> None:
+        """Stop accepting, then let the connections finish (graceful stop)."""
+        if self.server is not None:
+            self.server.close()
+        await self.operations.drain(timeout)
+
     def _cleanup(self) -> None:
+        self.operations.draining = False
         self.server = None
         self.server_coro = None
         self.smtpd = None
@@ -430,14 +448,25 @@ class BaseThreadedController(BaseController, metaclass=ABCMeta):
         if self.smtpd is None:
             raise RuntimeError("Unknown Error, failed to init SMTP server")
 
-    def stop(self, no_assert: bool = False) -> None:
-        """Stop the server, disconnect clients, end the thread, close the loop."""
+    def stop(self, no_assert: bool = False, *, drain_timeout: float | None = None) -> None:
+        """Stop the server, disconnect clients, end the thread, close the loop.
+
+        ``drain_timeout``: first stop accepting and let transactions in
+        flight finish, for at most that many seconds (see
+        :meth:`Operations.drain <aiosmtpd.operations.Operations.drain>`).
+        ``None`` (the default): disconnect at once, as 1.4.6 did.
+        """
         thread = self._thread
         if thread is None and not no_assert:
             raise AssertionError("SMTP daemon not running")
         # With no thread there is nothing to stop, and anything scheduled on
         # the idle loop would sabotage the next start().
         if thread is not None:
+            if thread.is_alive() and drain_timeout is not None:
+                with contextlib.suppress(RuntimeError):  # the loop is gone already
+                    asyncio.run_coroutine_threadsafe(
+                        self._drain_connections(drain_timeout), self.loop
+                    ).result()
             if thread.is_alive():
                 self._call_threadsafe(self.cancel_tasks)
             thread.join()
@@ -500,12 +529,15 @@ class BaseUnthreadedController(BaseController, metaclass=ABCMeta):
         self.server_coro = self._create_server()
         self.server = _run_to_completion(self.loop, self.server_coro)
 
-    async def finalize(self) -> None:
+    async def finalize(self, *, drain_timeout: float | None = None) -> None:
         """Close the listener and set ``ended``.
 
         Established sessions are neither waited for nor closed (Python >= 3.12
         ``wait_closed()`` would block on them): they finish on the still
         running loop, or the caller cancels them with ``cancel_tasks()``.
+        With ``drain_timeout``, they are first drained: each finishes its
+        transaction (for at most that many seconds) and is then closed (see
+        :meth:`Operations.drain <aiosmtpd.operations.Operations.drain>`).
         """
         self.ended.clear()
         server = self.server
@@ -513,6 +545,8 @@ class BaseUnthreadedController(BaseController, metaclass=ABCMeta):
             raise AssertionError("SMTP server not started, call begin() first")
         # Closing stops accepting and closes the listening sockets right away.
         server.close()
+        if drain_timeout is not None:
+            await self.operations.drain(drain_timeout)
         self._cleanup()
         self.ended.set()
 
@@ -544,18 +578,19 @@ class BaseUnthreadedController(BaseController, metaclass=ABCMeta):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.finalize()
 
-    def end(self) -> None:
+    def end(self, *, drain_timeout: float | None = None) -> None:
         """Run ``finalize()``: in the background if the loop runs, else now.
 
         From another thread use ``loop.call_soon_threadsafe(controller.end)``
         and then ``controller.ended.wait()``.
         """
         self.ended.clear()
+        finalizing = self.finalize(drain_timeout=drain_timeout)
         if self.loop.is_running():
             # Keep a reference: the loop holds tasks only weakly.
-            self._finalizing = self.loop.create_task(self.finalize())
+            self._finalizing = self.loop.create_task(finalizing)
         else:
-            _run_to_completion(self.loop, self.finalize())
+            _run_to_completion(self.loop, finalizing)
 
 
 # ------------------------------------------------------------------ mixins

@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from aiosmtpd import __version__, workers
 from aiosmtpd._loop import get_or_new_eventloop
+from aiosmtpd._metrics_http import start_metrics_server
+from aiosmtpd.metrics import render
+from aiosmtpd.operations import Operations
 from aiosmtpd.smtp import DATA_SIZE_DEFAULT as DATA_SIZE_DEFAULT  # re-exported for user code
 from aiosmtpd.smtp import SMTP
 
@@ -44,7 +47,8 @@ DEFAULT_CLASS = "aiosmtpd.handlers.Debugging"
 PROGRAM = "aiosmtpd" if "__main__.py" in sys.argv[0] else sys.argv[0]
 
 
-def _parser() -> ArgumentParser:
+def _parser(operations: bool = True) -> ArgumentParser:
+    """The command line; ``operations=False``: only 1.4.6's options."""
     parser = ArgumentParser(prog=PROGRAM, description="An RFC 5321 SMTP server with extensions.")
     parser.add_argument("-v", "--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -138,16 +142,6 @@ def _parser() -> ArgumentParser:
         ),
     )
     parser.add_argument(
-        "--workers",
-        metavar="N",
-        type=workers._worker_count,
-        default=1,
-        help=(
-            "Serve with N worker processes sharing the listening address, "
-            "restarted when they die (POSIX only). Default: 1, one process."
-        ),
-    )
-    parser.add_argument(
         "classargs",
         metavar="CLASSARGS",
         nargs="*",
@@ -156,7 +150,84 @@ def _parser() -> ArgumentParser:
             "Put -- before arguments that start with a dash."
         ),
     )
+    if operations:
+        # The usage synopsis stays 1.4.6's, which scripts and docs quote
+        # (docs/cli.rst); the options added since are listed in --help.
+        synopsis = _parser(operations=False).format_usage()
+        parser.usage = synopsis.split(" ", 1)[1].rstrip("\n").replace(PROGRAM, "%(prog)s", 1)
+        _operations_arguments(parser)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(text)
+    return value
+
+
+# argparse names the type in its error: "invalid number of seconds value: '0'".
+_positive_int.__name__ = "positive integer"
+_seconds.__name__ = "number of seconds"
+
+
+def _operations_arguments(parser: ArgumentParser) -> None:
+    """Limits, timeouts, drain and metrics (docs/operations.rst)."""
+    group = parser.add_argument_group("operations")
+    group.add_argument(
+        "--max-connections", metavar="N", type=_positive_int,
+        help="Serve at most N clients at once; more get 421 4.7.0. Default: no limit.",
+    )
+    group.add_argument(
+        "--max-connections-per-ip", metavar="N", type=_positive_int,
+        help="Serve at most N clients from one address at once. Default: no limit.",
+    )
+    group.add_argument(
+        "--max-recipients", metavar="N", type=_positive_int,
+        help="Accept at most N recipients per message (452 beyond). Default: no limit.",
+    )
+    group.add_argument(
+        "--timeout", metavar="SECONDS", type=_seconds, default=300.0,
+        help="Close a connection idle for this long. Default: 300.",
+    )
+    group.add_argument(
+        "--data-timeout", metavar="SECONDS", type=_seconds,
+        help="Longest DATA phase (421 4.4.2 after it). Default: only --timeout applies.",
+    )
+    group.add_argument(
+        "--session-timeout", metavar="SECONDS", type=_seconds,
+        help="Longest connection (421 4.4.2 after it). Default: no limit.",
+    )
+    group.add_argument(
+        "--tls-handshake-timeout", metavar="SECONDS", type=_seconds,
+        help="Longest TLS handshake. Default: --timeout, at most 60.",
+    )
+    group.add_argument(
+        "--drain-timeout", metavar="SECONDS", type=float, default=30.0,
+        help=(
+            "On SIGTERM or SIGINT, stop accepting and let transactions in flight "
+            "finish for up to this long (0: stop at once; a second signal too). "
+            "Default: 30."
+        ),
+    )
+    group.add_argument(
+        "--metrics", metavar="HOST:PORT",
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics. Default: off.",
+    )
+    group.add_argument(
+        "--workers", metavar="N", type=workers._worker_count, default=1,
+        help=(
+            "Serve with N worker processes sharing the listening address, "
+            "restarted when they die (POSIX only). Default: 1, one process."
+        ),
+    )
 
 
 def _is_ipv6(text: str) -> bool:
@@ -244,6 +315,20 @@ def parseargs(args: Optional[Sequence[str]] = None) -> tuple[ArgumentParser, Nam
             parser.error(f"Cert file {cert} not found")
         if key is not None and not Path(key).exists():
             parser.error(f"Key file {key} not found")
+    if parsed.drain_timeout < 0:
+        parser.error(f"Invalid drain timeout: {parsed.drain_timeout}")
+    parsed.metrics_address = None
+    if parsed.metrics is not None:
+        try:
+            host, port = parse_listen(parsed.metrics)
+        except ValueError:
+            host, port = "", -1
+        if ":" not in parsed.metrics or not 0 <= port <= 65535:
+            parser.error(f"Invalid --metrics address: {parsed.metrics} (use HOST:PORT)")
+        parsed.metrics_address = (host, port)
+    if parsed.workers > 1 and parsed.metrics_address is not None:
+        # Each worker would count only its own connections, on one port.
+        parser.error("--metrics does not work with --workers yet")
     return parser, parsed
 
 
@@ -363,6 +448,45 @@ def _shutdown(
     loop.close()
 
 
+def _drain(
+    loop: asyncio.AbstractEventLoop,
+    operations: Operations,
+    timeout: float,
+    forced: asyncio.Future[None],
+) -> None:
+    """Let the transactions in flight finish (docs/operations.rst, "Drain"),
+    unless a second signal (``forced``) or the loop's stop comes first."""
+    draining = asyncio.ensure_future(operations.drain(timeout), loop=loop)
+    either = asyncio.ensure_future(
+        asyncio.wait({draining, forced}, return_when=asyncio.FIRST_COMPLETED), loop=loop
+    )
+    _run(loop, either)
+    if not draining.done():
+        log.warning("Stopping without waiting for the drain to end")
+    draining.cancel()
+
+
+def _start_metrics(
+    loop: asyncio.AbstractEventLoop,
+    address: Optional[tuple[str, int]],
+    operations: Operations,
+) -> Optional[asyncio.Server]:
+    """The ``--metrics`` endpoint, bound before privileges are dropped."""
+    if address is None:
+        return None
+    metrics = operations.metrics
+    assert metrics is not None
+    server: asyncio.Server = _complete(
+        loop,
+        asyncio.ensure_future(
+            start_metrics_server(*address, lambda: render([metrics.snapshot()])), loop=loop
+        ),
+    )
+    port = server.sockets[0].getsockname()[1] if server.sockets else address[1]
+    log.info("Metrics at http://%s:%s/metrics", address[0], port)
+    return server
+
+
 def main(args: Optional[Sequence[str]] = None) -> None:
     """Run the SMTP server from the command line (``args`` default: sys.argv)."""
     _, parsed = parseargs(args)
@@ -397,6 +521,11 @@ def _serve(
     _configure_logging(parsed.debug, loop)
 
     sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
+    operations = Operations(
+        max_connections=parsed.max_connections,
+        max_connections_per_ip=parsed.max_connections_per_ip,
+        metrics=parsed.metrics_address is not None,
+    )
 
     def factory() -> SMTP:
         protocol = SMTP(
@@ -405,26 +534,41 @@ def _serve(
             enable_SMTPUTF8=parsed.smtputf8,
             tls_context=tls_context,
             require_starttls=parsed.requiretls,
+            timeout=parsed.timeout,
+            max_recipients=parsed.max_recipients,
+            data_timeout=parsed.data_timeout,
+            session_timeout=parsed.session_timeout,
+            tls_handshake_timeout=parsed.tls_handshake_timeout,
+            # A port scanner must not fill the log with tracebacks.
+            brief_tls_errors=True,
+            operations=operations,
         )
         sessions.add(protocol)
         return protocol
 
-    # The loop is stopped by SIGINT or SIGTERM (through this future), by a
+    # The loop is stopped by SIGINT (through this future), by a
     # KeyboardInterrupt out of a callback, or by loop.stop() from code that
     # embeds main(); whichever comes first, the listener is closed and the
     # loop closed before main() returns. A stop while the socket is being
     # bound lets the bind finish, then shuts down at once.
     stop: asyncio.Future[None] = loop.create_future()
 
-    def request_stop() -> None:
+    # A second signal during the drain stops at once.
+    forced: asyncio.Future[None] = loop.create_future()
+    received: list[int] = []
+
+    def request_stop(signum: int = signal.SIGINT) -> None:
+        received.append(signum)
         if not stop.done():
             stop.set_result(None)
+        elif not forced.done():
+            forced.set_result(None)
 
     # Not available on Windows nor outside the main thread; there Ctrl-C
     # arrives as KeyboardInterrupt instead.
     with suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGINT, request_stop)
-        loop.add_signal_handler(signal.SIGTERM, request_stop)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, request_stop, signum)
 
     log.debug("Attempting to start server on %s:%s", parsed.host, parsed.port)
     listening: Awaitable[asyncio.AbstractServer]
@@ -438,6 +582,7 @@ def _serve(
     if not _run(loop, binding):
         request_stop()
     server: asyncio.AbstractServer = _complete(loop, binding)
+    metrics_server = _start_metrics(loop, parsed.metrics_address, operations)
     if nobody is not None:
         _preload()
         _drop_privileges(nobody)
@@ -446,4 +591,14 @@ def _serve(
 
     log.debug("Starting asyncio loop")
     _run(loop, stop)
+    if metrics_server is not None:
+        metrics_server.close()
+    if parsed.drain_timeout > 0 and not loop.is_closed():
+        server.close()
+        _drain(loop, operations, parsed.drain_timeout, forced)
     _shutdown(loop, server, sessions)
+    if received and received[0] == signal.SIGTERM:
+        # Drained and closed; now end as 1.4.6 ended on SIGTERM (killed by
+        # it), which is what service managers expect to see.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -28,6 +28,7 @@ from typing import (
 )
 
 from aiosmtpd import __version__, _grammar
+from aiosmtpd import metrics as _m
 
 # Names outside __all__ that are public (docs/smtp.rst) or that code written
 # for upstream imports from here ("Upstream internals" there): "X as X"
@@ -62,6 +63,7 @@ from aiosmtpd._hooks import RT as RT
 from aiosmtpd._hooks import DecoratorType as DecoratorType
 from aiosmtpd._hooks import _Missing as _Missing
 from aiosmtpd._inline import (
+    CLOSED,
     DRIVING,
     HOP,
     IDLE,
@@ -77,11 +79,13 @@ from aiosmtpd._starttls import (
     StartTLSMixin,
     TLSSetupException,
     check_tls_context,
+    handshake_timeout,
     tls_info,
     tls_protocol_of,
 )
 from aiosmtpd._streams import StreamReaderView, StreamWriterView
 from aiosmtpd._transaction import TransactionMixin
+from aiosmtpd.operations import Operations
 from aiosmtpd.proxy_protocol import ProxyData as ProxyData
 from aiosmtpd.proxy_protocol import get_proxy as get_proxy
 
@@ -107,6 +111,10 @@ DATA_SIZE_DEFAULT = 2**25
 ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "STARTTLS", "QUIT"})
 
 log = logging.getLogger("mail.log")
+
+# The deadlines' 421s (docs/operations.rst, "Timeouts"): 4.4.2, "bad connection".
+DATA_TOO_SLOW = "421 4.4.2 Timeout waiting for data, closing connection"
+SESSION_TOO_LONG = "421 4.4.2 Session time limit reached, closing connection"
 
 EMPTYBYTES = b""
 EMPTY_BARR = bytearray()
@@ -201,6 +209,10 @@ class SMTP(
         "_auth_required", "_auth_require_tls", "_auth_failure_limit", "_auth_failures",
         "_authenticator", "_auth_callback",
         "_auth_methods", "_inline", "_run", "_suspended", "_turn", "_gate",
+        "_ops", "_metrics", "_ops_address", "_busy", "_delivering", "_data_size",
+        "_goodbye", "_goodbye_after", "_session_timer", "_data_timeout", "_session_timeout",
+        "_tls_handshake_timeout", "_brief_tls_errors", "_cork",
+        "enable_PIPELINING", "enable_ENHANCEDSTATUSCODES", "enable_DSN",
     )
 
     # The command budgets, made when the greeting is sent (_begin_commands).
@@ -236,6 +248,12 @@ class SMTP(
         strict_line_endings: bool = False,
         max_recipients: Optional[int] = None,
         auth_failure_limit: Optional[int] = None,
+        operations: Optional[Operations] = None,
+        data_timeout: Optional[float] = None,
+        session_timeout: Optional[float] = None,
+        tls_handshake_timeout: Optional[float] = None,
+        brief_tls_errors: bool = False,
+        enable_PIPELINING: bool = False,
     ) -> None:
         self.loop = loop if loop else get_or_new_eventloop()
         # No StreamReader: the protocol keeps its own receive buffer.  First,
@@ -267,6 +285,29 @@ class SMTP(
         self._timeout_handle: Optional[asyncio.TimerHandle] = None
         self._last_activity = 0.0
         self._proxy_timeout = checked_proxy_timeout(proxy_protocol_timeout)
+        self._data_timeout = _checked_timeout("data_timeout", data_timeout)
+        self._session_timeout = _checked_timeout("session_timeout", session_timeout)
+        self._session_timer: Optional[asyncio.TimerHandle] = None
+        self._tls_handshake_timeout = (
+            handshake_timeout(timeout)
+            if tls_handshake_timeout is None
+            else _checked_timeout("tls_handshake_timeout", tls_handshake_timeout)
+        )
+        self._brief_tls_errors = brief_tls_errors
+        self._attach(operations)
+        self._ops_address: Optional[str] = None
+        # Whether a command runs, and whether the handler is delivering a
+        # message (a drain or a session deadline never cuts that short).
+        self._busy = False
+        self._delivering = False
+        self._data_size = 0
+        # The 421 to send, and when, once the connection must end (drain,
+        # session deadline): after="transaction" or "delivery".
+        self._goodbye: Optional[str] = None
+        self._goodbye_after = ""
+        # Replies held back while pipelined command lines wait (see _flush).
+        self._cork: Optional[list[bytes]] = None
+        self.enable_PIPELINING = enable_PIPELINING
         self._init_auth(
             handler,
             auth_required=auth_required,
@@ -385,16 +426,23 @@ class SMTP(
             return
         self._set_rset_state()
         self.session = self._create_session()
-        self.session.peer = transport.get_extra_info("peername")
+        peer = self.session.peer = transport.get_extra_info("peername")
         self._reset_timeout()
         self.transport = transport
-        log.info("Peer: %r", self.session.peer)
+        log.info("Peer: %r", peer)
+        if self._ops is not None and not self._admitted(peer):
+            return
+        if self._session_timeout is not None:
+            self._session_timer = self.loop.call_later(
+                self._session_timeout, self._session_expired
+            )
         # Implicit TLS (SMTPS): the transport is already encrypted, and the
         # session counts as TLS (CHANGES.rst, "Implicit TLS").
         if transport.get_extra_info("ssl_object") is not None:
             self._tls_protocol = tls_protocol_of(transport)
             self.session.ssl = tls_info(transport)
-        log.info("%r handling connection", self.session.peer)
+            self._count(_m.TLS_HANDSHAKES)
+        log.info("%r handling connection", peer)
         if not _serves_itself(self):
             # A subclass (or a test's patch) took over _handle_client(): it
             # decides what the client sees first, as it could upstream.
@@ -411,6 +459,30 @@ class SMTP(
         else:
             self._to(TASK)
             self._handler_coroutine = self.loop.create_task(self._serve_session(greeted))
+
+    def _admitted(self, peer: Any) -> bool:
+        """Whether the connection limits let this client in; if not, it is
+        told so and disconnected, before any handler code runs."""
+        assert self._ops is not None
+        refusal = self._ops.opened(self, peer)
+        if refusal is None and self._proxy_timeout is None:
+            refusal = self._identified(peer)
+        if refusal is None:
+            return True
+        self._to(CLOSED)
+        self._say_goodbye(refusal, greeted=True)
+        return False
+
+    def _identified(self, peer: Any) -> Optional[str]:
+        """The per-address limit, once the client's address is known."""
+        assert self._ops is not None
+        address = peer[0] if isinstance(peer, tuple) and peer else None
+        if not isinstance(address, str):
+            return None  # a Unix socket's peer has no address
+        refusal = self._ops.identified(self, address)
+        if refusal is None and self._ops.max_connections_per_ip is not None:
+            self._ops_address = address
+        return refusal
 
     def _tls_established(self, transport: asyncio.BaseTransport) -> None:
         """STARTTLS is done: the RFC 3207 reset, on the TLS transport."""
@@ -436,6 +508,7 @@ class SMTP(
         except UnicodeEncodeError:
             return False  # the task's push() reports it as upstream did
         transport.write(data + b"\r\n")  # type: ignore[attr-defined]
+        self._count(_m.REPLY_CLASS[ord("2")])
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%r << %r", self.session.peer if self.session else None, data)
         return True
@@ -446,6 +519,11 @@ class SMTP(
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()
             self._timeout_handle = None
+        if self._session_timer is not None:
+            self._session_timer.cancel()
+            self._session_timer = None
+        if self._ops is not None:
+            self._ops.closed(self, self._ops_address)
         if self._original_transport is not None:
             self._original_transport.close()
         super().connection_lost(exc)
@@ -489,6 +567,80 @@ class SMTP(
         log.info("%r connection timeout", self.session.peer if self.session else None)
         if self.transport is not None:
             self.transport.close()
+        in_proxy_header = self._proxy_timeout is not None and not hasattr(self, "_gate")
+        self._count(_m.TIMEOUT_PROXY if in_proxy_header else _m.TIMEOUT_IDLE)
+
+    # -- Leaving: limits, drain, deadlines (docs/operations.rst) --------------------
+
+    def _attach(self, operations: Optional[Operations]) -> None:
+        """Count this connection with ``operations`` (its limits, drain, metrics)."""
+        self._ops = operations
+        self._metrics = operations.metrics if operations is not None else None
+
+    def _count(self, index: int, amount: int = 1) -> None:
+        if self._metrics is not None:
+            self._metrics.values[index] += amount
+
+    def _say_goodbye(self, reply: str, greeted: Optional[bool] = None) -> None:
+        """Send ``reply`` (a 421) and close, now.  Nothing is sent before
+        the greeting (a PROXY header is still awaited)."""
+        if self._cork is not None:
+            self._flush()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if greeted is None:
+            greeted = hasattr(self, "_gate")
+        if greeted:
+            transport.write(reply.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
+            log.info("%r << %r", self.session.peer if self.session else None, reply)
+            self._count(_m.REPLY_CLASS[ord(reply[0])])
+        transport.close()
+
+    def _leave(self, reply: str, after: str) -> int:
+        """End the connection with ``reply`` as soon as it is safe: now if
+        it is idle, else after its transaction (``after="transaction"``) or
+        after the handler's delivery (``"delivery"``).  Returns 1 when a
+        handler is delivering (the caller waits for it), else 0."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return 0
+        waits = self._delivering or (
+            after == "transaction" and (self._busy or self._in_transaction())
+        )
+        if not waits:
+            self._say_goodbye(reply)
+            return 0
+        if self._goodbye is None or after == "delivery":
+            self._goodbye, self._goodbye_after = reply, after
+        return int(self._delivering)
+
+    def _in_transaction(self) -> bool:
+        return self.envelope is not None and bool(self.envelope.mail_from)
+
+    def _leaving_now(self) -> bool:
+        """After a command: whether a pending goodbye is due (then sent)."""
+        assert self._goodbye is not None
+        if self._goodbye_after == "transaction" and self._in_transaction():
+            return False
+        self._say_goodbye(self._goodbye)
+        return True
+
+    def _closing_done(self) -> bool:
+        """Whether nothing here is worth waiting for any more (for drain)."""
+        transport = self.transport
+        return not self._delivering and (transport is None or transport.is_closing())
+
+    def _session_expired(self) -> None:
+        self._session_timer = None
+        log.info("%r session timeout", self.session.peer if self.session else None)
+        self._count(_m.TIMEOUT_SESSION)
+        self._leave(SESSION_TOO_LONG, after="delivery")
+
+    def _data_expired(self) -> None:
+        log.info("%r DATA timeout", self.session.peer if self.session else None)
+        self._count(_m.TIMEOUT_DATA)
+        self._say_goodbye(DATA_TOO_SLOW)
 
     # -- Replies --------------------------------------------------------------------
 
@@ -510,13 +662,33 @@ class SMTP(
             # Replies go through _writer, as upstream's did: code written for
             # it that does its own STARTTLS swaps _writer._transport only.
             transport = self._writer_view._transport
-        transport.write(data + b"\r\n")
+        cork = self._cork
+        if cork is None:
+            transport.write(data + b"\r\n")
+        else:
+            cork.append(data + b"\r\n")
+        metrics = self._metrics
+        if metrics is not None and data:
+            index = _m.REPLY_CLASS.get(data[0])
+            if index is not None:
+                metrics.values[index] += 1
         if log.isEnabledFor(logging.DEBUG):
             # As upstream logs them (docs/decisions.rst, "One log record per reply line").
             for line in lines or (data,):
                 log.debug("%r << %r", self.session.peer if self.session else None, line)
         if self._paused:  # type: ignore[attr-defined]
             await self._drain()
+
+    def _flush(self) -> None:
+        """Send the replies held back while answering pipelined commands
+        (see _command_loop._pump): one write, so one TCP segment for a
+        group of replies rather than one each (RFC 2920 section 3.2)."""
+        cork, self._cork = self._cork, None
+        transport: Any = self.transport
+        if cork and transport is not None:
+            if self._writer_view is not None:
+                transport = self._writer_view._transport
+            transport.write(b"".join(cork))
 
     async def _drain(self) -> None:
         """Wait while the transport's write buffer is over its high mark."""
@@ -581,6 +753,8 @@ class SMTP(
         peer = self.session.peer if self.session else None
         if isinstance(error, ResponseTooLong):
             log.warning("%r AUTH response too long", peer)
+        elif isinstance(error, TLSSetupException) and self._brief_tls_errors:
+            log.warning("%r TLS handshake failed: %s", peer, _cause(error))
         else:
             log.exception("%r SMTP session exception", peer)
         return f"500 Error: ({error.__class__.__name__}) {error}"
@@ -649,6 +823,18 @@ def _serves_itself(server: SMTP) -> bool:
         type(server)._handle_client is _OWN_HANDLE_CLIENT
         and "_handle_client" not in server.__dict__
     )
+
+
+def _checked_timeout(name: str, value: Optional[float]) -> Optional[float]:
+    if value is not None and (isinstance(value, bool) or not value > 0):
+        raise ValueError(f"{name} must be None or a number of seconds > 0, not {value!r}")
+    return value
+
+
+def _cause(error: BaseException) -> str:
+    """What went wrong under ``error``, on one line."""
+    cause = error.__cause__ or error
+    return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
 
 
 def _describe_error(error: BaseException) -> str:

@@ -21,8 +21,11 @@ How it works:
   connection is refused; one that keeps dying early is restarted after a
   growing delay (0.1 s doubling up to 10 s). Each SIGTERM or SIGINT the
   supervisor receives is passed on to every worker; it then closes its copies
-  of the sockets, waits for every worker to exit and returns. A worker whose
-  supervisor disappears (even by SIGKILL) sends itself SIGTERM.
+  of the sockets, waits for every worker to exit and returns. Each worker
+  runs in a process group of its own, so that Ctrl-C in a terminal (or a
+  signal to the supervisor's process group) reaches the workers once, through
+  the supervisor, not twice. A worker whose supervisor disappears (even by
+  SIGKILL) sends itself SIGTERM.
 """
 
 from __future__ import annotations
@@ -302,10 +305,11 @@ class _Supervisor:
             for sock in group:
                 if not any(sock is known for known in self.sockets):
                     self.sockets.append(sock)
-        self.stopping = False
+        self.stopping: Optional[int] = None
+        """The first stop signal received."""
         self.wake_r = self.wake_w = self.life_r = self.life_w = -1
 
-    def run(self) -> None:
+    def run(self) -> int:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -322,7 +326,7 @@ class _Supervisor:
             now = time.monotonic()
             for slot in self.slots:
                 slot.restart_at = now
-            self._supervise()
+            return self._supervise()
         finally:
             signal.set_wakeup_fd(old_wakeup)
             for number, handler in previous.items():
@@ -342,12 +346,12 @@ class _Supervisor:
         for sock in self.sockets:
             sock.close()
 
-    def _supervise(self) -> None:
+    def _supervise(self) -> int:
         while True:
             self._reap()
-            if self.stopping:
+            if self.stopping is not None:
                 if not any(slot.pid for slot in self.slots):
-                    return
+                    return self.stopping
                 timeout: Optional[float] = None
             else:
                 now = time.monotonic()
@@ -363,13 +367,13 @@ class _Supervisor:
         for signum in received:
             if signum not in _STOP_SIGNALS:
                 continue  # SIGCHLD: the next _reap() collects
-            if not self.stopping:
+            if self.stopping is None:
                 log.info(
                     "Received %s: stopping %d worker(s)",
                     signal.Signals(signum).name,
                     sum(1 for slot in self.slots if slot.pid),
                 )
-                self.stopping = True
+                self.stopping = signum
                 # No restart from now on: the workers' copies are the last,
                 # and the listeners go away as each worker closes its own.
                 self._close_sockets()
@@ -391,7 +395,7 @@ class _Supervisor:
                 continue
             slot.pid = 0
             now = time.monotonic()
-            if self.stopping:
+            if self.stopping is not None:
                 log.info("Worker %d %s", pid, _describe(status))
                 continue
             if now - slot.started >= STABLE_AFTER:
@@ -413,6 +417,10 @@ class _Supervisor:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - the child; measured in its own process
                 self._child(slot, mask)
+            # Also done by the child: whichever runs first, the group exists
+            # before either goes on.
+            with suppress(OSError):
+                os.setpgid(pid, pid)
             slot.pid = pid
             slot.started = time.monotonic()
         finally:
@@ -422,6 +430,11 @@ class _Supervisor:
     def _child(self, slot: _Slot, mask: Iterable[int]) -> NoReturn:  # pragma: no cover
         code = 1
         try:
+            # A group of its own: a terminal's Ctrl-C (sent to the foreground
+            # process group) must not reach the worker besides the copy the
+            # supervisor passes on; with a drain, a second signal means "now".
+            with suppress(OSError):
+                os.setpgid(0, 0)
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -474,7 +487,7 @@ def _watch_supervisor(fd: int) -> None:  # pragma: no cover - runs in a worker
 def run_workers(
     serve: Callable[[list[socket.socket]], object],
     sockets: Sequence[list[socket.socket]],
-) -> None:
+) -> int:
     """Run ``serve(sockets[i])`` in one forked worker process per entry.
 
     ``sockets`` is what :func:`bind_sockets` returns. Each worker starts with
@@ -490,7 +503,10 @@ def run_workers(
     within a second of starting. Every SIGTERM and SIGINT the supervisor
     receives is passed on to each worker; at the first one the supervisor
     closes its copies of the sockets and restarts nothing more, and once
-    every worker has exited ``run_workers()`` returns.
+    every worker has exited ``run_workers()`` returns that first signal's
+    number. Each worker runs in a process group of its own, so that a
+    signal to the supervisor's group (Ctrl-C in a terminal) reaches it only
+    once, through the supervisor.
 
     Call it from the main thread of a POSIX process (it installs signal
     handlers, restored on return) that runs no other thread, since it
@@ -502,7 +518,7 @@ def run_workers(
         raise ValueError("no worker to run")
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("run_workers() must be called from the main thread")
-    _Supervisor(serve, sockets).run()
+    return _Supervisor(serve, sockets).run()
 
 
 def _supervise_cli(
@@ -513,7 +529,9 @@ def _supervise_cli(
     ``serve`` runs the single-process server on the given sockets. The
     supervisor drops privileges itself, before forking: every worker, and
     every restarted one, starts unprivileged, and nothing needs root after
-    the bind (the sockets stay open, the TLS files are loaded).
+    the bind (the sockets stay open, the TLS files are loaded). It ends as
+    the single process does: status 0 after SIGINT, killed by SIGTERM after
+    SIGTERM.
     """
     from aiosmtpd.main import _configure_logging, _drop_privileges, _preload
     from aiosmtpd.main import log as main_log
@@ -534,4 +552,6 @@ def _supervise_cli(
         parsed.workers,
         "a SO_REUSEPORT socket each" if groups[0] is not groups[1] else "one shared socket",
     )
-    run_workers(serve, groups)
+    if run_workers(serve, groups) == signal.SIGTERM:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)

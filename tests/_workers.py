@@ -4,7 +4,8 @@
 
 ``python -m tests._workers serve [--shared]`` runs two workers through the
 Python API (aiosmtpd.workers) on 127.0.0.1, port 0, printing ``port N`` on
-stdout once bound; ``python -m tests._workers crash`` runs one worker that
+stdout once bound and ``stopped by N`` (the signal) at the end;
+``python -m tests._workers crash`` runs one worker that
 prints ``started <time.monotonic()>`` on stderr and exits with status 3 at
 once, over and over.
 """
@@ -59,7 +60,8 @@ def _main(argv: list[str]) -> None:
     count = 1 if mode == "crash" else 2
     groups = bind_sockets("127.0.0.1", 0, count, reuse_port=False if "--shared" in argv else None)
     print(f"port {groups[0][0].getsockname()[1]}", flush=True)
-    run_workers(crash if mode == "crash" else serve, groups)
+    stopped_by = run_workers(crash if mode == "crash" else serve, groups)
+    print(f"stopped by {stopped_by}", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import ssl
 import stat
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,7 +243,12 @@ def test_signatures() -> None:
         "(self, handler, loop=None, *, ssl_context=None, server_hostname=None, **SMTP_parameters)"
     )
     assert unannotated(BaseController.cancel_tasks) == "(self, stop_loop=True)"
-    assert unannotated(BaseThreadedController.stop) == "(self, no_assert=False)"
+    # 1.4.6's parameters, in its order; ours follow as keyword-only.
+    assert unannotated(BaseThreadedController.stop) == (
+        "(self, no_assert=False, *, drain_timeout=None)"
+    )
+    assert unannotated(BaseUnthreadedController.finalize) == "(self, *, drain_timeout=None)"
+    assert unannotated(BaseUnthreadedController.end) == "(self, *, drain_timeout=None)"
 
 
 # -------------------------------------------------------------- localhost
@@ -1059,3 +1065,112 @@ def test_unthreaded_async_with_refuses_a_foreign_loop() -> None:
             asyncio.run(main())
     finally:
         other.close()
+
+
+# ------------------------------------------------------- operations (docs/operations.rst)
+
+
+class _Keep:
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
+        self.messages.append(envelope.original_content)
+        return "250 kept"
+
+
+def _lines(sock: socket.socket) -> Iterator[bytes]:
+    with sock.makefile("rb") as stream:
+        yield from stream
+
+
+def test_controller_limits_and_metrics() -> None:
+    with Controller(Sink(), hostname="127.0.0.1", port=0, max_connections=1, metrics=True) as c:
+        # start()'s own probe has come and gone; wait until it is counted out.
+        deadline = time.monotonic() + 5
+        while c.operations.connections and time.monotonic() < deadline:
+            time.sleep(0.005)
+        with smtplib.SMTP("127.0.0.1", c.port, timeout=5) as client:
+            assert client.noop()[0] == 250
+            with socket.create_connection(("127.0.0.1", c.port), 5) as sock:
+                assert sock.makefile("rb").readline() == (
+                    b"421 4.7.0 Too many connections, try again later\r\n"
+                )
+        metrics = c.operations.metrics
+        assert metrics is not None
+        assert metrics['connections_refused_total{reason="max_connections"}'] == 1
+        assert metrics["connections_total"] >= 2  # the probe and the client
+
+
+def test_controller_operations_keyword_and_custom_factory() -> None:
+    from aiosmtpd.operations import Operations
+
+    ops = Operations(max_connections=5)
+
+    class Custom(Controller):
+        def factory(self) -> SMTP:
+            return SMTP(self.handler)  # no operations=: the controller attaches its own
+
+    controller = Custom(Sink(), hostname="127.0.0.1", port=0, operations=ops)
+    assert controller.operations is ops
+    assert "operations" not in controller.SMTP_kwargs
+    with controller:
+        with smtplib.SMTP("127.0.0.1", controller.port, timeout=5) as client:
+            client.noop()
+            assert controller.smtpd is not None and controller.smtpd._ops is ops
+
+
+def test_stop_with_drain_timeout_finishes_the_transaction() -> None:
+    handler = _Keep()
+    controller = Controller(handler, hostname="127.0.0.1", port=0)
+    controller.start()
+    stopper: threading.Thread | None = None
+    try:
+        busy = smtplib.SMTP("127.0.0.1", controller.port, timeout=5)
+        busy.ehlo("a")
+        assert busy.mail("a@example.com")[0] == 250
+        assert busy.rcpt("b@example.com")[0] == 250
+        idle = socket.create_connection(("127.0.0.1", controller.port), 5)
+        idle_lines = _lines(idle)
+        assert next(idle_lines).startswith(b"220 ")
+        stopper = threading.Thread(target=controller.stop, kwargs={"drain_timeout": 10})
+        stopper.start()
+        # The idle client is told first: the drain has begun.
+        assert next(idle_lines) == b"421 4.3.2 Service shutting down, try again later\r\n"
+        assert busy.data(b"Subject: x\r\n\r\nbody\r\n") == (250, b"kept")
+        # Then the 421, and the connection is closed.
+        assert busy.noop() == (421, b"4.3.2 Service shutting down, try again later")
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            busy.noop()
+        stopper.join(10)
+        assert not stopper.is_alive()
+        idle.close()
+    finally:
+        if stopper is None:
+            controller.stop()
+    assert handler.messages == [b"Subject: x\r\n\r\nbody\r\n"]
+
+
+def test_unthreaded_end_with_drain_timeout() -> None:
+    async def main() -> list[bytes]:
+        handler = _Keep()
+        controller = UnthreadedController(
+            handler, hostname="127.0.0.1", port=0, loop=asyncio.get_running_loop()
+        )
+        await controller.__aenter__()
+        reader, writer = await asyncio.open_connection("127.0.0.1", controller.port)
+        await reader.readline()
+        for line in (b"HELO a", b"MAIL FROM:<a@x.org>", b"RCPT TO:<b@x.org>", b"DATA"):
+            writer.write(line + b"\r\n")
+            await reader.readline()
+        finalizing = asyncio.ensure_future(controller.finalize(drain_timeout=10))
+        writer.write(b"hi\r\n.\r\n")
+        assert await reader.readline() == b"250 kept\r\n"
+        assert await reader.readline() == b"421 4.3.2 Service shutting down, try again later\r\n"
+        assert await reader.readline() == b""
+        await finalizing
+        assert controller.ended.is_set()
+        writer.close()
+        return handler.messages
+
+    assert asyncio.run(main()) == [b"hi\r\n"]

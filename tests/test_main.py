@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -308,7 +310,7 @@ def test_help() -> None:
         "usage: aiosmtpd [-h] [-v] [-n] [-c CLASSPATH] [-s SIZE] [-u] [-d]\n"
         "                [-l [[HOST][:PORT]]] [--smtpscert CERTFILE]\n"
         "                [--smtpskey KEYFILE] [--tlscert CERTFILE] [--tlskey KEYFILE]\n"
-        "                [--no-requiretls] [--workers N]\n"
+        "                [--no-requiretls]\n"
         "                [CLASSARGS ...]\n"
     )
     assert "An RFC 5321 SMTP server with extensions." in result.stdout
@@ -369,7 +371,8 @@ def test_serves_mail_and_exits_0_on_sigint() -> None:
 
 
 def test_sigint_with_a_client_still_connected() -> None:
-    with cli_server("-c", "aiosmtpd.handlers.Sink") as (process, port):
+    # --drain-timeout 0: 1.4.6's immediate stop (the default drains first).
+    with cli_server("-c", "aiosmtpd.handlers.Sink", "--drain-timeout", "0") as (process, port):
         with closing(smtplib.SMTP("127.0.0.1", port, timeout=30)) as client:
             client.ehlo("me")
             client.mail("a@x")
@@ -380,18 +383,10 @@ def test_sigint_with_a_client_still_connected() -> None:
                 client.rcpt("b@x")
 
 
-def test_sigterm_stops_like_sigint() -> None:
-    # 1.4.6 was killed by SIGTERM (status -15); a service manager's stop
-    # now shuts down as Ctrl-C does.
-    with cli_server("-c", "aiosmtpd.handlers.Sink") as (process, port):
-        with closing(smtplib.SMTP("127.0.0.1", port, timeout=30)) as client:
-            client.ehlo("me")
-            client.mail("a@x")
-            _, err = stop(process, signal.SIGTERM)
-            assert process.returncode == 0
-            assert err == ""
-            with pytest.raises((smtplib.SMTPServerDisconnected, OSError)):
-                client.rcpt("b@x")
+def test_sigterm_kills() -> None:
+    with cli_server("-c", "aiosmtpd.handlers.Sink") as (process, _):
+        stop(process, signal.SIGTERM)
+    assert process.returncode == -signal.SIGTERM
 
 
 def test_size_and_smtputf8_options() -> None:
@@ -813,3 +808,107 @@ def test_embedded_main_bind_failure_still_raises() -> None:
 def test_sink_handler_from_cli_is_sink() -> None:
     _, args = parseargs(["-c", "aiosmtpd.handlers.Sink"])
     assert isinstance(args.handler, Sink)
+
+
+# -- Operations flags (docs/operations.rst) --------------------------------------------
+
+SHUTTING_DOWN = b"421 4.3.2 Service shutting down, try again later\r\n"
+
+
+def _in_transaction(port: int) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    client.ehlo("me")
+    assert client.mail("a@example.com")[0] == 250
+    assert client.rcpt("b@example.com")[0] == 250
+    return client
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 0), (signal.SIGTERM, -signal.SIGTERM)])
+def test_signal_drains_transactions_first(sig: int, status: int) -> None:
+    with cli_server("-c", "aiosmtpd.handlers.Sink") as (process, port):
+        with closing(_in_transaction(port)) as busy, closing(
+            socket.create_connection(("127.0.0.1", port), timeout=30)
+        ) as idle, idle.makefile("rb") as idle_lines:
+            assert idle_lines.readline().startswith(b"220 ")
+            process.send_signal(sig)
+            # The idle client is told at once: the drain has begun...
+            assert idle_lines.readline() == SHUTTING_DOWN
+            # ...and the transaction in flight still completes.
+            assert busy.data(b"Subject: x\r\n\r\nhello\r\n")[0] == 250
+            assert busy.noop() == (421, b"4.3.2 Service shutting down, try again later")
+        process.communicate(timeout=60)
+    assert process.returncode == status
+
+
+def test_second_signal_stops_the_drain() -> None:
+    with cli_server("-c", "aiosmtpd.handlers.Sink", "-d") as (process, port):
+        with closing(_in_transaction(port)):
+            process.send_signal(signal.SIGINT)
+            assert process.stderr is not None
+            for line in process.stderr:
+                if "Draining 1 connections" in line:
+                    break
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=60)
+    assert process.returncode == 0
+    assert "Stopping without waiting for the drain to end" in err
+
+
+def test_connection_limit_flag() -> None:
+    with cli_server("-c", "aiosmtpd.handlers.Sink", "--max-connections", "1") as (process, port):
+        # The startup probe may still be counted for a moment.
+        while True:
+            first = socket.create_connection(("127.0.0.1", port), timeout=30)
+            line = first.makefile("rb").readline()
+            if line.startswith(b"220 "):
+                break
+            first.close()
+        with closing(first), closing(socket.create_connection(("127.0.0.1", port), 30)) as second:
+            assert second.makefile("rb").readline() == (
+                b"421 4.7.0 Too many connections, try again later\r\n"
+            )
+        stop(process)
+
+
+def test_metrics_endpoint() -> None:
+    parser = pytest.importorskip("prometheus_client.parser")
+    metrics_port = free_port()
+    argv = ("-c", "aiosmtpd.handlers.Sink", "--metrics", f"127.0.0.1:{metrics_port}")
+    with cli_server(*argv) as (process, port):
+        with closing(smtplib.SMTP("127.0.0.1", port, timeout=30)) as client:
+            client.sendmail("a@example.com", ["b@example.com"], b"Subject: x\r\n\r\nhello\r\n")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as r:
+            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = r.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/other", timeout=30)
+        assert missing.value.code == 404
+        stop(process)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in parser.text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("aiosmtpd_messages_accepted_total", ())] == 1
+    assert samples[("aiosmtpd_transactions_total", ())] == 1
+    assert samples[("aiosmtpd_message_bytes_accepted_total", ())] == len(
+        b"Subject: x\r\n\r\nhello\r\n"
+    )
+    assert samples[("aiosmtpd_replies_total", (("class", "3xx"),))] == 1
+    assert samples[("aiosmtpd_connections_open", ())] == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--max-connections", "0"), "invalid positive integer value: '0'"),
+        (("--max-connections-per-ip", "x"), "invalid positive integer value: 'x'"),
+        (("--data-timeout", "0"), "invalid number of seconds value: '0'"),
+        (("--drain-timeout", "-1"), "Invalid drain timeout: -1.0"),
+        (("--metrics", "9100"), "Invalid --metrics address: 9100 (use HOST:PORT)"),
+    ],
+)
+def test_bad_operations_flags(argv: tuple[str, ...], message: str) -> None:
+    result = run_cli(*argv)
+    assert result.returncode == 2
+    assert result.stderr.rstrip("\n").endswith(message), result.stderr

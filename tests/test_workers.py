@@ -3,7 +3,8 @@
 Real processes on loopback, port 0: the supervisor's stderr (its log) tells
 the port and what happened; each worker answers NOOP with its pid
 (tests/_workers.py). Every process is killed at the end of its test, whatever
-happened: each server runs in a session of its own, killed as a group.
+happened: each server runs in a session of its own, and every process of
+that session is killed (the workers run in process groups of their own).
 """
 
 from __future__ import annotations
@@ -85,10 +86,11 @@ class Server:
 
     def kill(self) -> None:
         # The whole session: the supervisor and every worker, even orphaned.
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for pid in session(self.proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.wait(DEADLINE)
         self.reader.join(DEADLINE)
         assert self.proc.stdout is not None and self.proc.stderr is not None
@@ -110,6 +112,21 @@ class Server:
                 pytest.fail(f"the server exited with {self.proc.returncode}:\n{self.stderr}")
             pytest.skip("/proc/PID/task/PID/children is not available")
         return children
+
+
+def session(sid: int) -> list[int]:
+    """The processes of session ``sid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # Fields after the command name: state, ppid, pgrp, session...
+            if int(stat.rpartition(")")[2].split()[3]) == sid:
+                found.append(int(entry.name))
+    return found
 
 
 @pytest.fixture
@@ -204,24 +221,60 @@ def test_killed_worker_is_restarted(start: Callable[..., Server]) -> None:
     assert gone(victim)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_stop_signal_stops_every_worker(start: Callable[..., Server], signum: int) -> None:
+# As the single process: status 0 after SIGINT, killed by SIGTERM after
+# SIGTERM (what service managers expect).
+STOPS = {
+    "SIGINT": (signal.SIGINT, 0, "exited with status 0"),
+    "SIGTERM": (signal.SIGTERM, -signal.SIGTERM, r"was killed by signal 15 \(SIGTERM\)"),
+}
+
+
+@pytest.mark.parametrize("how", list(STOPS))
+def test_stop_signal_stops_every_worker(start: Callable[..., Server], how: str) -> None:
+    signum, status, ended = STOPS[how]
     server, port = cli(start, "-n", "--workers", "2")
     poll(lambda: len(server.workers()) == 2, "two workers run")
     pids = server.workers()
     collect_pids(port, lambda seen: len(seen) == 2)  # both are serving
     began = time.monotonic()
     server.proc.send_signal(signum)
-    assert server.proc.wait(DEADLINE) == 0
+    assert server.proc.wait(DEADLINE) == status
     assert time.monotonic() - began < 5
     for pid in pids:
         # Reaped by the supervisor before it exited.
         assert gone(pid)
-        server.wait_for_line(rf"^INFO:mail\.log\.workers:Worker {pid} exited with status 0$")
+        server.wait_for_line(rf"^INFO:mail\.log\.workers:Worker {pid} {ended}$")
     server.wait_for_line(rf"^INFO:mail\.log\.workers:Received {signal.Signals(signum).name}: ")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=DEADLINE).close()
     assert "WARNING" not in server.stderr and "Traceback" not in server.stderr
+
+
+def test_ctrl_c_drains_once(start: Callable[..., Server]) -> None:
+    # Ctrl-C in a terminal signals the whole foreground process group. Each
+    # worker must get SIGINT once (from the supervisor): a second one would
+    # cut the drain short and drop the transaction in flight.
+    server, port = cli(start, "-n", "--workers", "2")
+    poll(lambda: len(server.workers()) == 2, "two workers run")
+    with closing(smtplib.SMTP("127.0.0.1", port, timeout=DEADLINE)) as client:
+        assert client.ehlo("me")[0] == 250
+        assert client.mail("a@example.com")[0] == 250
+        assert client.rcpt("b@example.com")[0] == 250
+        os.killpg(os.getpgid(server.proc.pid), signal.SIGINT)
+
+        def refused() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=DEADLINE).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        poll(refused, "every worker stops accepting (draining)")
+        code, text = client.data(b"Subject: drained\r\n\r\nstill delivered\r\n")
+        assert code == 250, text
+        assert client.noop()[0] == 421
+    assert server.proc.wait(DEADLINE) == 0
+    assert "Stopping without waiting for the drain" not in server.stderr
 
 
 def test_workers_stop_when_the_supervisor_is_killed(start: Callable[..., Server]) -> None:
@@ -241,8 +294,9 @@ def free_port() -> int:
     return port
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_one_worker_is_the_single_process(start: Callable[..., Server], signum: int) -> None:
+@pytest.mark.parametrize("how", list(STOPS))
+def test_one_worker_is_the_single_process(start: Callable[..., Server], how: str) -> None:
+    signum, status, _ = STOPS[how]
     # The single-process server logs the port it was given: pick a free one.
     port = free_port()
     server = start(
@@ -252,7 +306,7 @@ def test_one_worker_is_the_single_process(start: Callable[..., Server], signum: 
     assert [served_by(port) for _ in range(3)] == [server.proc.pid] * 3
     assert server.workers() == set()
     server.proc.send_signal(signum)
-    assert server.proc.wait(DEADLINE) == 0
+    assert server.proc.wait(DEADLINE) == status
     assert "mail.log.workers" not in server.stderr
 
 
@@ -264,6 +318,16 @@ def test_bad_worker_counts(value: str, capsys: pytest.CaptureFixture[str]) -> No
     err = capsys.readouterr().err
     assert err.endswith(
         f"error: argument --workers: must be a whole number, 1 or more, not {value!r}\n"
+    )
+
+
+def test_no_metrics_with_workers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parseargs(["-n", "--workers", "1", "--metrics", "127.0.0.1:0"])[1].workers == 1
+    with pytest.raises(SystemExit) as exc:
+        parseargs(["-n", "--workers", "2", "--metrics", "127.0.0.1:0"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "error: --metrics does not work with --workers yet\n"
     )
 
 
@@ -312,7 +376,7 @@ def test_supervisor_and_workers_drop_privileges(start: Callable[..., Server]) ->
     poll(lambda: len(server.workers()) == 2 and victim not in server.workers(), "a new worker")
     for pid in server.workers():
         assert proc_ids(pid)[0] == [str(nobody.pw_uid)] * 4
-    server.proc.send_signal(signal.SIGTERM)
+    server.proc.send_signal(signal.SIGINT)
     assert server.proc.wait(DEADLINE) == 0
 
 
@@ -338,6 +402,8 @@ def test_api_serves_and_stops(start: Callable[..., Server], shared: bool) -> Non
     assert server.proc.wait(DEADLINE) == 0
     assert all(gone(pid) for pid in pids)
     assert server.stderr == ""
+    assert server.proc.stdout is not None
+    assert server.proc.stdout.read() == f"stopped by {int(signal.SIGTERM)}\n"
 
 
 def test_api_crash_loop_backs_off(start: Callable[..., Server]) -> None:
