@@ -12,11 +12,12 @@ import sys
 import weakref
 from argparse import ArgumentParser, Namespace
 from contextlib import suppress
+from functools import partial
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
-from aiosmtpd import __version__
+from aiosmtpd import __version__, workers
 from aiosmtpd._loop import get_or_new_eventloop
 from aiosmtpd._metrics_http import start_metrics_server
 from aiosmtpd.metrics import render
@@ -25,7 +26,8 @@ from aiosmtpd.smtp import DATA_SIZE_DEFAULT as DATA_SIZE_DEFAULT  # re-exported 
 from aiosmtpd.smtp import SMTP
 
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Sequence
+    import socket
+    from collections.abc import Awaitable, Sequence
 
 try:
     import pwd
@@ -220,6 +222,13 @@ def _operations_arguments(parser: ArgumentParser) -> None:
         "--metrics", metavar="HOST:PORT",
         help="Serve Prometheus metrics at http://HOST:PORT/metrics. Default: off.",
     )
+    group.add_argument(
+        "--workers", metavar="N", type=workers._worker_count, default=1,
+        help=(
+            "Serve with N worker processes sharing the listening address, "
+            "restarted when they die (POSIX only). Default: 1, one process."
+        ),
+    )
 
 
 def _extension_arguments(parser: ArgumentParser) -> None:
@@ -335,6 +344,9 @@ def parseargs(args: Optional[Sequence[str]] = None) -> tuple[ArgumentParser, Nam
         if ":" not in parsed.metrics or not 0 <= port <= 65535:
             parser.error(f"Invalid --metrics address: {parsed.metrics} (use HOST:PORT)")
         parsed.metrics_address = (host, port)
+    if parsed.workers > 1 and parsed.metrics_address is not None:
+        # Each worker would count only its own connections, on one port.
+        parser.error("--metrics does not work with --workers yet")
     return parser, parsed
 
 
@@ -384,13 +396,13 @@ def _drop_privileges(nobody: Any) -> None:
         _setuid_failed()
 
 
-def _configure_logging(debug: int, loop: asyncio.AbstractEventLoop) -> None:
+def _configure_logging(debug: int, loop: Optional[asyncio.AbstractEventLoop]) -> None:
     logging.basicConfig(level=logging.ERROR)
     if debug >= 1:
         log.setLevel(logging.INFO)
     if debug >= 2:
         log.setLevel(logging.DEBUG)
-    if debug >= 3:
+    if debug >= 3 and loop is not None:
         loop.set_debug(True)
 
 
@@ -432,7 +444,7 @@ def _complete(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any]) -> Any:
 
 def _shutdown(
     loop: asyncio.AbstractEventLoop,
-    server: asyncio.Server,
+    server: asyncio.AbstractServer,
     sessions: weakref.WeakSet[SMTP],
 ) -> None:
     server.close()
@@ -503,6 +515,26 @@ def main(args: Optional[Sequence[str]] = None) -> None:
     tls_context = _server_tls_context(parsed.tlscert, parsed.tlskey)
     smtps_context = _server_tls_context(parsed.smtpscert, parsed.smtpskey)
 
+    if parsed.workers > 1:
+        # Binds, drops privileges, then runs _serve() in each worker process.
+        serve = partial(_serve, parsed, None, tls_context, smtps_context)
+        workers._supervise_cli(parsed, nobody, serve)
+        return
+    _serve(parsed, nobody, tls_context, smtps_context)
+
+
+def _serve(
+    parsed: Namespace,
+    nobody: Any,
+    tls_context: Optional[ssl.SSLContext],
+    smtps_context: Optional[ssl.SSLContext],
+    sockets: Optional[list[socket.socket]] = None,
+) -> None:
+    """Serve until stopped: binds ``parsed.host:port``, or serves ``sockets``
+    (already bound and listening: a worker of ``--workers``).
+
+    ``nobody``: the user to switch to once bound, or ``None``.
+    """
     loop = get_or_new_eventloop()
     _configure_logging(parsed.debug, loop)
 
@@ -560,13 +592,17 @@ def main(args: Optional[Sequence[str]] = None) -> None:
             loop.add_signal_handler(signum, request_stop, signum)
 
     log.debug("Attempting to start server on %s:%s", parsed.host, parsed.port)
-    binding = asyncio.ensure_future(
-        loop.create_server(factory, host=parsed.host, port=parsed.port, ssl=smtps_context),
-        loop=loop,
-    )
+    listening: Awaitable[asyncio.AbstractServer]
+    if sockets is None:
+        listening = loop.create_server(
+            factory, host=parsed.host, port=parsed.port, ssl=smtps_context
+        )
+    else:
+        listening = workers.create_server(factory, sockets, ssl=smtps_context)
+    binding = asyncio.ensure_future(listening, loop=loop)
     if not _run(loop, binding):
         request_stop()
-    server: asyncio.Server = _complete(loop, binding)
+    server: asyncio.AbstractServer = _complete(loop, binding)
     metrics_server = _start_metrics(loop, parsed.metrics_address, operations)
     if nobody is not None:
         _preload()

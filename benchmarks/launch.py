@@ -6,6 +6,10 @@ Kinds:
             via the same benchmarks/server.py (a black box over sockets)
   floor     the canned-reply asyncio protocol in benchmarks/server.py
   smtp-sink Postfix's C test server (the native anchor)
+
+Not run by default: ``project-wN`` (N >= 2), the project server with N worker
+processes (aiosmtpd.workers), worker i pinned to CPU i: on 2 CPUs one worker
+shares the client's CPU.
 """
 
 from __future__ import annotations
@@ -30,6 +34,18 @@ UPSTREAM_VERSION = "1.4.6"
 SERVER_CPU = 0
 CLIENT_CPU = 1
 KINDS = ("project", "upstream", "floor", "smtp-sink")
+
+
+def parse_kind(kind: str) -> tuple[str, int]:
+    """(base kind, worker processes): ``("project", 2)`` for ``project-w2``."""
+    base, sep, count = kind.rpartition("-w")
+    if sep and base == "project" and count.isdigit() and int(count) >= 2:
+        return base, int(count)
+    return kind, 1
+
+
+def known_kind(kind: str) -> bool:
+    return parse_kind(kind)[0] in KINDS
 
 
 class LaunchError(RuntimeError):
@@ -107,6 +123,7 @@ class Server:
 
     @property
     def pid(self) -> int:
+        """The server process (with workers: the supervisor, see procstat.sample_tree)."""
         return self.proc.pid
 
     def alive(self) -> bool:
@@ -190,7 +207,11 @@ def start(
         if tls is not None:
             raise LaunchError("smtp-sink has no STARTTLS")
         return _start_smtp_sink()
-    extra: list[str] = ["--cpu", str(SERVER_CPU)]
+    base, workers = parse_kind(kind)
+    # -1: every CPU, worker i on CPU i.
+    extra: list[str] = ["--cpu", str(SERVER_CPU if workers == 1 else -1)]
+    if workers > 1:
+        extra += ["--workers", str(workers)]
     if tls is not None:
         extra += ["--tls", str(tls.cert), str(tls.key)]
     if profile is not None:
@@ -202,8 +223,8 @@ def start(
         argv = [str(ensure_upstream_python()), "-I", str(SERVER_SCRIPT), kind]
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)
-    elif kind in ("project", "floor"):
-        argv = [sys.executable, str(SERVER_SCRIPT), kind]
+    elif base in ("project", "floor"):
+        argv = [sys.executable, str(SERVER_SCRIPT), base]
         env = project_env()
     else:
         raise LaunchError(f"unknown server kind {kind!r}")
@@ -217,7 +238,7 @@ def start(
     )
     info = _read_json_line(proc, 60)
     impl = str(info["impl"])
-    if kind == "project" and str(REPO) not in impl:
+    if base == "project" and str(REPO) not in impl:
         proc.kill()
         proc.wait()
         raise LaunchError(f"project server imported the wrong aiosmtpd: {impl}")

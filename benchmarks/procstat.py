@@ -71,6 +71,30 @@ def sample(pid: int) -> Sample:
     return Sample(cpu_seconds(pid), rss, hwm)
 
 
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def sample_tree(pid: int) -> Sample:
+    """``sample()`` summed over *pid* and its children (a supervisor and its
+    workers); for one process, the same as ``sample()``.  The peak (VmHWM)
+    is the sum of each process's own peak: an upper bound."""
+    samples = [sample(pid)]
+    for child in children(pid):
+        try:
+            samples.append(sample(child))
+        except OSError:  # exited meanwhile
+            pass
+    return Sample(
+        sum(s.cpu_seconds for s in samples),
+        sum(s.rss_kib for s in samples),
+        sum(s.hwm_kib for s in samples),
+    )
+
+
 def system_busy_seconds() -> float:
     """CPU time spent busy on the whole machine, all CPUs (from /proc/stat).
 

@@ -37,7 +37,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--kinds",
         default=",".join(launch.KINDS),
-        help="comma-separated server kinds (default: %(default)s)",
+        help="comma-separated server kinds (default: %(default)s); also "
+        "project-wN: the project server with N >= 2 worker processes",
     )
     p.add_argument(
         "--scenarios",
@@ -99,8 +100,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args.kinds = [k for k in args.kinds.split(",") if k]
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     for kind in args.kinds:
-        if kind not in launch.KINDS:
-            p.error(f"unknown kind {kind!r}; choose from {', '.join(launch.KINDS)}")
+        if not launch.known_kind(kind):
+            p.error(
+                f"unknown kind {kind!r}; choose from {', '.join(launch.KINDS)}, project-wN"
+            )
     for name in args.scenarios:
         if name not in names:
             p.error(f"unknown scenario {name!r}; choose from {', '.join(names)}")
@@ -152,7 +155,7 @@ def _machine() -> dict[str, Any]:
 def _available_kinds(wanted: list[str]) -> tuple[list[str], list[str]]:
     kinds, notes = [], []
     for kind in wanted:
-        if kind == "project" and not launch.project_available():
+        if launch.parse_kind(kind)[0] == "project" and not launch.project_available():
             notes.append(
                 "project skipped: `from aiosmtpd.smtp import SMTP; "
                 "from aiosmtpd.handlers import Sink` fails"
@@ -258,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             order = kinds[rep % len(kinds) :] + kinds[: rep % len(kinds)]
             for scenario in chosen:
                 for kind in order:
-                    if kind not in scenario.kinds:
+                    if launch.parse_kind(kind)[0] not in scenario.kinds:
                         continue
                     waited = 0.0
                     if quiet_budget > 0:

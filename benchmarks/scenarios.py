@@ -297,7 +297,7 @@ def _idle_run(scenario: Scenario, server: launch.Server) -> tuple[procstat.Sampl
         if ready.get("ready") != scenario.idle:
             assert proc.stderr is not None
             raise RuntimeError(f"idle client: {ready or proc.stderr.read().decode()[-500:]}")
-        held = procstat.sample(server.pid)
+        held = procstat.sample_tree(server.pid)
         proc.stdin.write(b"\n")
         proc.stdin.flush()
         proc.wait(60)
@@ -438,8 +438,11 @@ def run_one(
         return result
     try:
         if not scenario.tls:
-            launch.transaction(server.port)
-        before = procstat.sample(server.pid)
+            # With workers, enough connections that each likely gets one.
+            workers = launch.parse_kind(kind)[1]
+            for _ in range(1 if workers == 1 else 4 * workers):
+                launch.transaction(server.port)
+        before = procstat.sample_tree(server.pid)
         result.rss_before_kib = before.rss_kib
         if scenario.idle:
             held, seconds = _idle_run(scenario, server)
@@ -465,7 +468,7 @@ def run_one(
                 result.messages = scenario.messages
                 result.payload_bytes = scenario.messages * scenario.size
             result.client_wall_s = time.perf_counter() - client_started
-            after = procstat.sample(server.pid)
+            after = procstat.sample_tree(server.pid)
             busy = procstat.system_busy_seconds() - busy
             children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
             result.client_cpu_s = (children_after.ru_utime - children.ru_utime) + (

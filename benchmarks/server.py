@@ -2,6 +2,7 @@
 
     python server.py {project,upstream,floor} [--tls CERT KEY] [--cpu N]
                      [--profile OUT.pstats] [--handler {sink,hook}]
+                     [--workers N]
 
 Standalone on purpose (stdlib only, no import from the benchmarks package):
 the orchestrator runs it with the repo's interpreter for ``project`` and
@@ -11,6 +12,10 @@ the orchestrator runs it with the repo's interpreter for ``project`` and
 Once listening it prints one JSON line on stdout: ``{"port": ..., "pid":
 ..., "impl": ...}``.  It stops on SIGTERM/SIGINT or when stdin reaches EOF
 (so it never outlives a crashed orchestrator).
+
+``--workers N`` (project only, N >= 2) serves with N worker processes
+through ``aiosmtpd.workers``, worker i pinned to CPU i when ``--cpu -1``; the
+JSON line then gives the supervisor's pid.
 """
 
 from __future__ import annotations
@@ -197,17 +202,67 @@ async def serve(
     server.close()
 
 
+def serve_workers(
+    tls_context: ssl.SSLContext | None, handler: str, workers: int, cpu: int
+) -> None:
+    """The project server in ``workers`` processes (aiosmtpd.workers); with
+    ``cpu`` -1 worker i is pinned to CPU i (modulo the CPU count)."""
+    from aiosmtpd.workers import bind_sockets, create_server, run_workers
+
+    factory, impl = _aiosmtpd_factory(tls_context, handler)
+    groups = bind_sockets("127.0.0.1", 0, workers, backlog=4096)
+
+    def worker(sockets: list[Any]) -> None:
+        if cpu < 0 and hasattr(os, "sched_setaffinity"):
+            # Worker i on CPU i: one worker shares the client's CPU on a
+            # 2-CPU machine (the kernel, left alone, sometimes put both there).
+            index = next(i for i, group in enumerate(groups) if group[0] is sockets[0])
+            os.sched_setaffinity(0, {index % (os.cpu_count() or 1)})
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            server = await create_server(factory, sockets, backlog=4096)
+            stopped = asyncio.Event()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stopped.set)
+
+            def stdin_ready() -> None:
+                if not os.read(0, 4096):
+                    loop.remove_reader(0)
+                    # The orchestrator is gone: stop every worker, not just
+                    # this one (the supervisor would restart it). Usually
+                    # its SIGTERM came first and is being handled already.
+                    if not stopped.is_set():
+                        os.kill(os.getppid(), signal.SIGTERM)
+
+            loop.add_reader(0, stdin_ready)
+            await stopped.wait()
+            server.close()
+
+        asyncio.run(main())
+
+    port = groups[0][0].getsockname()[1]
+    info = {"port": port, "pid": os.getpid(), "impl": f"{impl}, {workers} workers"}
+    print(json.dumps(info), flush=True)
+    run_workers(worker, groups)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=["project", "upstream", "floor"])
     parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
-    parser.add_argument("--cpu", type=int, default=0, help="CPU to pin to (-1: none)")
+    parser.add_argument("--cpu", type=int, default=0, help="CPU to pin to (-1: every CPU)")
     parser.add_argument("--profile", metavar="OUT.pstats")
     parser.add_argument("--handler", choices=["sink", "hook"], default="sink")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (project)")
     args = parser.parse_args()
+    if args.workers > 1 and (args.kind != "project" or args.profile):
+        parser.error("--workers is for the project server, without --profile")
 
-    if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {args.cpu})
+    if hasattr(os, "sched_setaffinity"):
+        # -1: undo the orchestrator's pinning, which the server inherits.
+        cpus = range(os.cpu_count() or 1) if args.cpu < 0 else {args.cpu}
+        os.sched_setaffinity(0, cpus)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -215,6 +270,10 @@ def main() -> int:
     if args.tls:
         tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls_context.load_cert_chain(*args.tls)
+
+    if args.workers > 1:
+        serve_workers(tls_context, args.handler, args.workers, args.cpu)
+        return 0
 
     profiler = None
     if args.profile:
