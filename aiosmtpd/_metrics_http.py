@@ -11,7 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Callable
+import mmap
+import signal
+import socket
+from typing import Callable, Optional
+
+from aiosmtpd.metrics import CONNECTIONS_OPEN, STORAGE_BYTES, Metrics, render
 
 log = logging.getLogger("mail.log")
 
@@ -51,10 +56,44 @@ async def _serve_one(
             await writer.wait_closed()
 
 
-async def start_metrics_server(host: str, port: int, render: Callable[[], str]) -> asyncio.Server:
-    """Listen on ``host:port``; each ``GET /metrics`` gets ``render()``."""
+async def start_metrics_server(
+    host: Optional[str],
+    port: Optional[int],
+    render: Callable[[], str],
+    sock: Optional[socket.socket] = None,
+) -> asyncio.Server:
+    """Listen on ``host:port`` (or ``sock``); each ``GET /metrics`` gets ``render()``."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _serve_one(reader, writer, render)
 
-    return await asyncio.start_server(serve, host, port, limit=_HEAD_LIMIT)
+    return await asyncio.start_server(serve, host, port, sock=sock, limit=_HEAD_LIMIT)
+
+
+def serve_shared_metrics(sock: socket.socket, shared: mmap.mmap, workers: int) -> None:
+    """The metrics process of ``--workers``: serve the sum of every worker's
+    table in ``shared`` (one ``STORAGE_BYTES`` slot each) on ``sock``, until
+    SIGTERM or SIGINT."""
+    view = memoryview(shared)
+    tables = [Metrics(view[i * STORAGE_BYTES : (i + 1) * STORAGE_BYTES]) for i in range(workers)]
+    loop = asyncio.new_event_loop()
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, loop.stop)
+        server = loop.run_until_complete(
+            start_metrics_server(None, None, lambda: render(t.snapshot() for t in tables), sock)
+        )
+        loop.run_forever()
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+    finally:
+        loop.close()
+
+
+def shared_metrics(shared: mmap.mmap, index: int) -> Metrics:
+    """Worker ``index``'s table in ``shared``: what it counted before a
+    restart is kept, but its connections then are gone."""
+    view = memoryview(shared)[index * STORAGE_BYTES : (index + 1) * STORAGE_BYTES]
+    metrics = Metrics(view)
+    metrics.values[CONNECTIONS_OPEN] = 0
+    return metrics

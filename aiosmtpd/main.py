@@ -15,12 +15,12 @@ from contextlib import suppress
 from functools import partial
 from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional, Union
 
 from aiosmtpd import __version__, workers
 from aiosmtpd._loop import get_or_new_eventloop
-from aiosmtpd._metrics_http import start_metrics_server
-from aiosmtpd.metrics import render
+from aiosmtpd._metrics_http import shared_metrics, start_metrics_server
+from aiosmtpd.metrics import Metrics, render
 from aiosmtpd.operations import Operations
 from aiosmtpd.smtp import DATA_SIZE_DEFAULT as DATA_SIZE_DEFAULT  # re-exported for user code
 from aiosmtpd.smtp import SMTP
@@ -344,9 +344,6 @@ def parseargs(args: Optional[Sequence[str]] = None) -> tuple[ArgumentParser, Nam
         if ":" not in parsed.metrics or not 0 <= port <= 65535:
             parser.error(f"Invalid --metrics address: {parsed.metrics} (use HOST:PORT)")
         parsed.metrics_address = (host, port)
-    if parsed.workers > 1 and parsed.metrics_address is not None:
-        # Each worker would count only its own connections, on one port.
-        parser.error("--metrics does not work with --workers yet")
     return parser, parsed
 
 
@@ -539,10 +536,16 @@ def _serve(
     _configure_logging(parsed.debug, loop)
 
     sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
+    # With --workers, each worker counts into its slot of a table the
+    # supervisor shares, and a process of its own serves the sum.
+    shared = getattr(parsed, "metrics_shared", None)
+    metrics: Union[bool, Metrics] = parsed.metrics_address is not None
+    if shared is not None:
+        metrics = shared_metrics(shared, workers.worker_index() or 0)
     operations = Operations(
         max_connections=parsed.max_connections,
         max_connections_per_ip=parsed.max_connections_per_ip,
-        metrics=parsed.metrics_address is not None,
+        metrics=metrics,
     )
 
     def factory() -> SMTP:
@@ -603,7 +606,9 @@ def _serve(
     if not _run(loop, binding):
         request_stop()
     server: asyncio.AbstractServer = _complete(loop, binding)
-    metrics_server = _start_metrics(loop, parsed.metrics_address, operations)
+    metrics_server = None
+    if shared is None:
+        metrics_server = _start_metrics(loop, parsed.metrics_address, operations)
     if nobody is not None:
         _preload()
         _drop_privileges(nobody)

@@ -6,7 +6,7 @@ on them; the kernel spreads the incoming connections over the workers.
 
 From Python: :func:`bind_sockets`, then :func:`run_workers` with a function
 that serves one worker's sockets (:func:`create_server` helps); see
-``docs/operations-workers.rst`` for an example.
+``docs/workers.rst`` for an example.
 
 How it works:
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import mmap
 import os
 import select
 import signal
@@ -45,7 +46,10 @@ from argparse import ArgumentTypeError
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
+
+from aiosmtpd.metrics import STORAGE_BYTES
 
 if TYPE_CHECKING:  # pragma: no cover
     from argparse import Namespace
@@ -294,6 +298,9 @@ class _Slot:
     restart_at: float = 0.0
 
 
+# This process's index in run_workers() (see worker_index()).
+_worker_index: Optional[int] = None
+
 class _Supervisor:
     def __init__(
         self, serve: Callable[[list[socket.socket]], object], sockets: Sequence[list[socket.socket]]
@@ -451,6 +458,8 @@ class _Supervisor:
                 target=_watch_supervisor, args=(self.life_r,), name="supervisor-watch", daemon=True
             ).start()
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            global _worker_index
+            _worker_index = self.slots.index(slot)
             self.serve(list(slot.sockets))
             code = 0
         except SystemExit as exc:
@@ -521,6 +530,34 @@ def run_workers(
     return _Supervisor(serve, sockets).run()
 
 
+def _metrics_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, reuse_port=False)
+
+
+def _serve_or_count(
+    serve: Callable[[list[socket.socket]], object],
+    metrics_sock: socket.socket,
+    shared: mmap.mmap,
+    workers: int,
+    sockets: list[socket.socket],
+) -> object:
+    """A worker's body under ``--metrics``: the metrics process (the one
+    given ``metrics_sock``) serves the sum, the others serve mail."""
+    from aiosmtpd._metrics_http import serve_shared_metrics
+
+    if sockets == [metrics_sock]:
+        serve_shared_metrics(metrics_sock, shared, workers)
+        return None
+    return serve(sockets)
+
+
+def worker_index() -> Optional[int]:
+    """In a worker of :func:`run_workers`: its index in ``sockets`` (the same
+    after a restart); ``None`` elsewhere."""
+    return _worker_index
+
+
 def _supervise_cli(
     parsed: Namespace, nobody: Any, serve: Callable[[list[socket.socket]], object]
 ) -> None:
@@ -543,6 +580,17 @@ def _supervise_cli(
     groups = bind_sockets(parsed.host, parsed.port, parsed.workers)
     # The workers log (and serve) the port actually bound.
     parsed.port = groups[0][0].getsockname()[1]
+    if parsed.metrics_address is not None:
+        # --metrics: the workers count into one shared table, a slot each,
+        # and one more process, supervised like them, serves the sum.
+        metrics_sock = _metrics_socket(*parsed.metrics_address)
+        parsed.metrics_shared = shared = mmap.mmap(-1, STORAGE_BYTES * parsed.workers)
+        groups = [*groups, [metrics_sock]]
+        serve = partial(_serve_or_count, serve, metrics_sock, shared, parsed.workers)
+        main_log.info(
+            "Metrics at http://%s:%s/metrics", parsed.metrics_address[0],
+            metrics_sock.getsockname()[1],
+        )
     if nobody is not None:
         _preload()
         _drop_privileges(nobody)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -321,14 +322,40 @@ def test_bad_worker_counts(value: str, capsys: pytest.CaptureFixture[str]) -> No
     )
 
 
-def test_no_metrics_with_workers(capsys: pytest.CaptureFixture[str]) -> None:
-    assert parseargs(["-n", "--workers", "1", "--metrics", "127.0.0.1:0"])[1].workers == 1
-    with pytest.raises(SystemExit) as exc:
-        parseargs(["-n", "--workers", "2", "--metrics", "127.0.0.1:0"])
-    assert exc.value.code == 2
-    assert capsys.readouterr().err.endswith(
-        "error: --metrics does not work with --workers yet\n"
-    )
+def scrape(port: int) -> dict[str, float]:
+    parser = pytest.importorskip("prometheus_client.parser")
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=DEADLINE) as response:
+        text = response.read().decode()
+    return {
+        s.name + "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items())): s.value
+        for family in parser.text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_add_up_over_workers(start: Callable[..., Server]) -> None:
+    server, port = cli(start, "-n", "--workers", "2", "--metrics", "127.0.0.1:0")
+    match = server.wait_for_line(r"^INFO:mail\.log:Metrics at http://127\.0\.0\.1:(\d+)/metrics$")
+    metrics_port = int(match.group(1))
+    # Two workers and the process that serves the metrics.
+    poll(lambda: len(server.workers()) == 3, "three processes run")
+    for _ in range(6):
+        with closing(smtplib.SMTP("127.0.0.1", port, timeout=DEADLINE)) as client:
+            client.sendmail("a@example.com", ["b@example.com"], b"Subject: x\r\n\r\nx\r\n")
+    # Both workers served mail (the kernel spreads connections)...
+    mail_workers = collect_pids(port, lambda seen: len(seen) == 2)
+    poll(lambda: scrape(metrics_port)["aiosmtpd_connections_open"] == 0, "all closed")
+    first = scrape(metrics_port)
+    # ...and the endpoint gives the sum.
+    assert first["aiosmtpd_messages_accepted_total"] == 6
+    assert first["aiosmtpd_transactions_total"] == 6
+    assert first["aiosmtpd_connections_total"] >= 8
+    # A worker's counts outlive it: its replacement counts on in its slot.
+    victim = min(mail_workers)
+    os.kill(victim, signal.SIGKILL)
+    poll(lambda: len(server.workers()) == 3 and victim not in server.workers(), "a new worker")
+    assert scrape(metrics_port)["aiosmtpd_messages_accepted_total"] == 6
 
 
 def test_worker_count_parsed() -> None:
