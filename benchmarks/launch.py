@@ -9,7 +9,8 @@ Kinds:
 
 Not run by default: ``project-wN`` (N >= 2), the project server with N worker
 processes (aiosmtpd.workers), worker i pinned to CPU i: on 2 CPUs one worker
-shares the client's CPU.
+shares the client's CPU; ``project+VARIANT`` (and ``project-wN+VARIANT``),
+the project server with an opt-in feature on (see VARIANTS).
 """
 
 from __future__ import annotations
@@ -36,8 +37,21 @@ CLIENT_CPU = 1
 KINDS = ("project", "upstream", "floor", "smtp-sink")
 
 
+#: ``project+NAME``: the project server with these SMTP options on
+#: (benchmarks/server.py, VARIANT_OPTIONS).
+VARIANTS = ("pipelining", "ops")
+
+
+def kind_variant(kind: str) -> str | None:
+    """``"ops"`` for ``project+ops``; None without a variant."""
+    base, plus, variant = kind.partition("+")
+    return variant if plus and base.startswith("project") and variant in VARIANTS else None
+
+
 def parse_kind(kind: str) -> tuple[str, int]:
     """(base kind, worker processes): ``("project", 2)`` for ``project-w2``."""
+    if kind_variant(kind) is not None:
+        kind = kind.partition("+")[0]
     base, sep, count = kind.rpartition("-w")
     if sep and base == "project" and count.isdigit() and int(count) >= 2:
         return base, int(count)
@@ -218,6 +232,9 @@ def start(
         extra += ["--profile", str(profile)]
     if handler != "sink":
         extra += ["--handler", handler]
+    variant = kind_variant(kind)
+    if variant is not None:
+        extra += ["--variant", variant]
     if kind == "upstream":
         # -I: no PYTHONPATH, no user site, no script dir: nothing of the repo.
         argv = [str(ensure_upstream_python()), "-I", str(SERVER_SCRIPT), kind]

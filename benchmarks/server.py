@@ -138,6 +138,21 @@ class HookHandler:
         return "250 OK"
 
 
+# The opt-in features a project+VARIANT kind turns on (benchmarks/launch.py).
+VARIANT_OPTIONS: dict[str, Callable[[], dict[str, Any]]] = {
+    "pipelining": lambda: {"enable_PIPELINING": True},
+    # Limits that never bite and every counter on: their cost alone.
+    "ops": lambda: {"operations": _operations()},
+}
+_variant: str | None = None
+
+
+def _operations() -> Any:
+    from aiosmtpd.operations import Operations
+
+    return Operations(max_connections=100_000, max_connections_per_ip=100_000, metrics=True)
+
+
 def _aiosmtpd_factory(
     tls_context: ssl.SSLContext | None, handler_name: str
 ) -> tuple[Callable[[], Any], str]:
@@ -146,6 +161,8 @@ def _aiosmtpd_factory(
     from aiosmtpd.smtp import SMTP
 
     handler = HookHandler() if handler_name == "hook" else Sink()
+    # Made once: an Operations is shared by every connection.
+    options = VARIANT_OPTIONS[_variant]() if _variant else {}
 
     def factory() -> Any:
         # An explicit hostname keeps getfqdn() (a DNS look-up) out of the
@@ -155,6 +172,7 @@ def _aiosmtpd_factory(
             data_size_limit=DATA_SIZE_LIMIT,
             hostname=HOSTNAME,
             tls_context=tls_context,
+            **options,
         )
 
     impl = f"aiosmtpd {getattr(aiosmtpd, '__version__', '?')} at {aiosmtpd.__file__}"
@@ -255,7 +273,12 @@ def main() -> int:
     parser.add_argument("--profile", metavar="OUT.pstats")
     parser.add_argument("--handler", choices=["sink", "hook"], default="sink")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (project)")
+    parser.add_argument(
+        "--variant", choices=sorted(VARIANT_OPTIONS), help="opt-in features (project)"
+    )
     args = parser.parse_args()
+    global _variant
+    _variant = args.variant
     if args.workers > 1 and (args.kind != "project" or args.profile):
         parser.error("--workers is for the project server, without --profile")
 
