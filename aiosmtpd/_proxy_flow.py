@@ -49,6 +49,14 @@ async def accept_proxy_header(server: SMTP) -> bool:
     proxy_data = scan.data
     session.proxy_data = proxy_data
     status: object = False
+    if proxy_data and server._ops is not None:
+        # The per-address limit counts the client the header names, and
+        # refuses before any handler code (handle_PROXY) runs.
+        source = getattr(proxy_data, "src_addr", None)
+        refusal = server._identified((str(source), 0) if source else peer)
+        if refusal is not None:
+            server._say_goodbye(refusal, greeted=True)
+            return False
     if proxy_data:
         log.info("%r valid PROXY handshake", peer)
         try:
@@ -67,12 +75,5 @@ async def accept_proxy_header(server: SMTP) -> bool:
             server.transport.close()
         return False
     del buf[: scan.consumed]
-    if server._ops is not None:
-        # The per-address limit counts the client the PROXY header names.
-        source = getattr(proxy_data, "src_addr", None)
-        refusal = server._identified((str(source), 0) if source else peer)
-        if refusal is not None:
-            server._say_goodbye(refusal, greeted=True)
-            return False
     server._set_timeout(server._idle_timeout)
     return True

@@ -106,15 +106,20 @@ def proxy_v1(source: str) -> bytes:
 
 
 class AcceptsProxy:
+    def __init__(self) -> None:
+        self.sources: list[str] = []
+
     async def handle_PROXY(
         self, server: SMTP, session: Session, envelope: Envelope, data: Any
     ) -> bool:
+        self.sources.append(str(data.src_addr))
         return True
 
 
 def test_per_address_limit_counts_the_proxy_source(start: Any) -> None:
+    handler = AcceptsProxy()
     server = start(
-        AcceptsProxy(),
+        handler,
         operations=Operations(max_connections_per_ip=1),
         proxy_protocol_timeout=5,
     )
@@ -127,6 +132,8 @@ def test_per_address_limit_counts_the_proxy_source(start: Any) -> None:
             # The refusal comes instead of the greeting, after the header.
             assert same.greeting == [TOO_MANY_FROM_ADDRESS.encode()]
             assert same.file.readline() == b""
+    # Refused before any handler code: handle_PROXY never saw the third.
+    assert handler.sources == ["192.0.2.1", "192.0.2.2"]
 
 
 def test_refusals_are_logged_once_per_burst(
