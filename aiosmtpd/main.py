@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Optional, Union
 from aiosmtpd import __version__, workers
 from aiosmtpd._loop import get_or_new_eventloop
 from aiosmtpd._metrics_http import shared_metrics, start_metrics_server
+from aiosmtpd._xclient import trusted_networks
 from aiosmtpd.metrics import Metrics, render
 from aiosmtpd.operations import Operations
 from aiosmtpd.smtp import DATA_SIZE_DEFAULT as DATA_SIZE_DEFAULT  # re-exported for user code
@@ -246,6 +247,22 @@ def _extension_arguments(parser: ArgumentParser) -> None:
         "--dsn", action="store_true",
         help="Offer DSN (RFC 3461): accept RET, ENVID, NOTIFY and ORCPT.",
     )
+    group.add_argument(
+        "--xclient-trusted", metavar="NETWORKS", type=_networks,
+        help=(
+            "Offer Postfix's XCLIENT to clients in these networks, "
+            "comma-separated (e.g. 127.0.0.0/8,::1). Default: off."
+        ),
+    )
+
+
+def _networks(text: str) -> list[str]:
+    networks = [part.strip() for part in text.split(",")]
+    trusted_networks(networks)  # ValueError: argparse's usage error
+    return networks
+
+
+_networks.__name__ = "network list"
 
 
 def _is_ipv6(text: str) -> bool:
@@ -565,6 +582,7 @@ def _serve(
             enable_PIPELINING=parsed.pipelining,
             enable_ENHANCEDSTATUSCODES=parsed.enhanced_status_codes,
             enable_DSN=parsed.dsn,
+            xclient_trusted=parsed.xclient_trusted,
             operations=operations,
         )
         sessions.add(protocol)

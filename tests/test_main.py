@@ -907,6 +907,7 @@ def test_metrics_endpoint() -> None:
         (("--data-timeout", "0"), "invalid number of seconds value: '0'"),
         (("--drain-timeout", "-1"), "Invalid drain timeout: -1.0"),
         (("--metrics", "9100"), "Invalid --metrics address: 9100 (use HOST:PORT)"),
+        (("--xclient-trusted", "10.0.0.1/8"), "invalid network list value: '10.0.0.1/8'"),
     ],
 )
 def test_bad_operations_flags(argv: tuple[str, ...], message: str) -> None:
@@ -924,4 +925,14 @@ def test_extension_flags() -> None:
                 b"PIPELINING", b"ENHANCEDSTATUSCODES", b"DSN", b"HELP"
             ]
             assert client.mail("a@example.com", ["RET=HDRS"]) == (250, b"2.1.0 OK")
+        stop(process)
+
+
+def test_xclient_flag() -> None:
+    argv = ("-c", "aiosmtpd.handlers.Sink", "--xclient-trusted", "192.0.2.0/24, 127.0.0.0/8")
+    with cli_server(*argv) as (process, port):
+        with closing(smtplib.SMTP("127.0.0.1", port, timeout=30)) as client:
+            _, text = client.ehlo("me")
+            assert any(line.startswith(b"XCLIENT ") for line in text.splitlines())
+            assert client.docmd("XCLIENT", "ADDR=192.0.2.9")[0] == 220
         stop(process)
