@@ -633,7 +633,9 @@ class SMTP(
         if greeted is None:
             greeted = hasattr(self, "_gate")
         if greeted:
-            transport.write(reply.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
+            # Through _writer's transport when it is in use, as _write does.
+            writer: Any = transport if self._writer_view is None else self._writer_view._transport
+            writer.write(reply.encode("ascii") + b"\r\n")
             log.info("%r << %r", self.session.peer if self.session else None, reply)
             self._count(_m.REPLY_CLASS[ord(reply[0])])
         transport.close()
