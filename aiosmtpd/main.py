@@ -15,11 +15,17 @@ from contextlib import suppress
 from functools import partial
 from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from aiosmtpd import __version__, workers
 from aiosmtpd._loop import get_or_new_eventloop
 from aiosmtpd._metrics_http import shared_metrics, start_metrics_server
+from aiosmtpd._process import (
+    _configure_logging,
+    _drop_privileges,
+    _lookup_nobody,
+    _preload,
+)
 from aiosmtpd._xclient import trusted_networks
 from aiosmtpd.metrics import Metrics, render
 from aiosmtpd.operations import Operations
@@ -29,11 +35,6 @@ from aiosmtpd.smtp import SMTP
 if TYPE_CHECKING:  # pragma: no cover
     import socket
     from collections.abc import Awaitable, Sequence
-
-try:
-    import pwd
-except ImportError:  # pragma: no cover - non-POSIX platforms
-    pwd = None  # type: ignore[assignment]
 
 __all__ = ["main"]
 
@@ -371,53 +372,6 @@ def _server_tls_context(cert: Optional[str], key: Optional[str]) -> Optional[ssl
     context.check_hostname = False
     context.load_cert_chain(cert, key)
     return context
-
-
-def _setuid_failed() -> NoReturn:
-    print('Cannot setuid "nobody"; try running with -n option.', file=sys.stderr)
-    sys.exit(1)
-
-
-def _lookup_nobody() -> Any:
-    if pwd is None:  # pragma: no cover - non-POSIX platforms
-        print('Cannot import module "pwd"; try running with -n option.', file=sys.stderr)
-        sys.exit(1)
-    return pwd.getpwnam("nobody")
-
-
-def _preload() -> None:
-    """Import now what serving would import lazily.
-
-    After the drop, the Python installation may be unreadable (e.g. one
-    installed under /root), and a lazy import would then fail on the first
-    connection instead of at startup.
-    """
-    import email.feedparser  # noqa: F401 - message parsing in handlers
-    import email.parser  # noqa: F401
-    import encodings.idna  # noqa: F401 - socket.getfqdn()
-    import mailbox  # noqa: F401 - handlers.Mailbox
-    import smtplib  # noqa: F401 - handlers.Proxy
-
-
-def _drop_privileges(nobody: Any) -> None:
-    # Supplementary groups and the primary group first: once the uid is
-    # gone we could no longer shed root's groups.
-    try:
-        os.setgroups([])
-        os.setgid(nobody.pw_gid)
-        os.setuid(nobody.pw_uid)
-    except PermissionError:
-        _setuid_failed()
-
-
-def _configure_logging(debug: int, loop: Optional[asyncio.AbstractEventLoop]) -> None:
-    logging.basicConfig(level=logging.ERROR)
-    if debug >= 1:
-        log.setLevel(logging.INFO)
-    if debug >= 2:
-        log.setLevel(logging.DEBUG)
-    if debug >= 3 and loop is not None:
-        loop.set_debug(True)
 
 
 def _run(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any]) -> bool:

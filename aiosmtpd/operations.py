@@ -11,13 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional, Protocol, Union
 
 from aiosmtpd import metrics as _m
 from aiosmtpd.metrics import Metrics
-
-if TYPE_CHECKING:  # pragma: no cover
-    from aiosmtpd.smtp import SMTP
 
 __all__ = ["Operations", "TOO_MANY_CONNECTIONS", "TOO_MANY_FROM_ADDRESS", "SHUTTING_DOWN"]
 
@@ -29,6 +26,14 @@ log = logging.getLogger("mail.log")
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
 TOO_MANY_FROM_ADDRESS = "421 4.7.0 Too many connections from your address, try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+
+
+class Connection(Protocol):
+    """What a drain asks of a connection (``aiosmtpd.smtp.SMTP`` is one)."""
+
+    def _leave(self, reply: str, after: str) -> int: ...
+
+    def _closing_done(self) -> bool: ...
 
 
 def _check_limit(name: str, value: Optional[int]) -> Optional[int]:
@@ -86,7 +91,7 @@ class Operations:
             metrics if isinstance(metrics, Metrics) else Metrics() if metrics else None
         )
         #: The connections open now.
-        self.connections: set[SMTP] = set()
+        self.connections: set[Connection] = set()
         self._per_ip: dict[str, int] = {}
         self._global_burst = _Burst("max_connections reached")
         self._ip_burst = _Burst("max_connections_per_ip reached")
@@ -97,7 +102,7 @@ class Operations:
 
     # -- Called by SMTP ---------------------------------------------------------------
 
-    def opened(self, server: SMTP, peer: object) -> Optional[str]:
+    def opened(self, server: Connection, peer: object) -> Optional[str]:
         """A connection begins: the reply refusing it, or None to serve it."""
         if self.draining:
             return SHUTTING_DOWN
@@ -115,7 +120,7 @@ class Operations:
             values[_m.CONNECTIONS_OPEN] += 1
         return None
 
-    def identified(self, server: SMTP, address: str) -> Optional[str]:
+    def identified(self, server: Connection, address: str) -> Optional[str]:
         """The client's address is known (at once, or from the PROXY
         header): the reply refusing it, or None to serve it."""
         limit = self.max_connections_per_ip
@@ -131,7 +136,7 @@ class Operations:
         self._per_ip[address] = count + 1
         return None
 
-    def closed(self, server: SMTP, address: Optional[str]) -> None:
+    def closed(self, server: Connection, address: Optional[str]) -> None:
         """A connection that opened() admitted has ended; ``address``: what
         identified() admitted it as, if anything."""
         if server not in self.connections:

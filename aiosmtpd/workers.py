@@ -570,8 +570,8 @@ def _supervise_cli(
     the single process does: status 0 after SIGINT, killed by SIGTERM after
     SIGTERM.
     """
-    from aiosmtpd.main import _configure_logging, _drop_privileges, _preload
-    from aiosmtpd.main import log as main_log
+    from aiosmtpd._process import _configure_logging, _drop_privileges, _preload
+    main_log = logging.getLogger("mail.log")
 
     _configure_logging(parsed.debug, None)
     # A dying worker is news even without -d.
