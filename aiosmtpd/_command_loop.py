@@ -101,6 +101,7 @@ class CommandLoopMixin:
         _busy: bool
         _goodbye: Optional[str]
         _cork: Optional[list[bytes]]
+        _linger: Optional[asyncio.TimerHandle]
 
         def _flush(self) -> None: ...
         def _code(self, reply: str, enhanced: Optional[str]) -> str: ...
@@ -138,6 +139,8 @@ class CommandLoopMixin:
         self._received(data)
 
     def _received(self, data: Union[bytes, memoryview]) -> None:
+        if self._linger is not None:
+            return  # said goodbye: what the client still sends is dropped
         buf = self._buf
         buf += data
         run = self._run

@@ -123,6 +123,8 @@ log = logging.getLogger("mail.log")
 # The deadlines' 421s (docs/operations.rst, "Timeouts"): 4.4.2, "bad connection".
 DATA_TOO_SLOW = "421 4.4.2 Timeout waiting for data, closing connection"
 SESSION_TOO_LONG = "421 4.4.2 Session time limit reached, closing connection"
+# How long a goodbye waits for the client to close (see _say_goodbye).
+LINGER_SECONDS = 2.0
 
 EMPTYBYTES = b""
 EMPTY_BARR = bytearray()
@@ -236,7 +238,7 @@ class SMTP(
         "_auth_methods", "_inline", "_run", "_suspended", "_turn", "_gate",
         "_ops", "_metrics", "_ops_address", "_busy", "_delivering", "_data_size",
         "_goodbye", "_goodbye_after", "_session_timer", "_data_timeout", "_session_timeout",
-        "_tls_handshake_timeout", "_brief_tls_errors", "_cork",
+        "_tls_handshake_timeout", "_brief_tls_errors", "_cork", "_linger",
         "enable_PIPELINING", "enable_ENHANCEDSTATUSCODES", "enable_DSN", "_xclient_trusted",
     )
 
@@ -336,6 +338,8 @@ class SMTP(
         self._goodbye_after = ""
         # Replies held back while pipelined command lines wait (see _flush).
         self._cork: Optional[list[bytes]] = None
+        # Set while a goodbye lingers (see _say_goodbye): input is dropped.
+        self._linger: Optional[asyncio.TimerHandle] = None
         self.enable_PIPELINING = enable_PIPELINING
         self.enable_ENHANCEDSTATUSCODES = enable_ENHANCEDSTATUSCODES
         self.enable_DSN = enable_DSN
@@ -556,6 +560,8 @@ class SMTP(
         if self._session_timer is not None:
             self._session_timer.cancel()
             self._session_timer = None
+        if self._linger is not None:
+            self._linger.cancel()
         if self._ops is not None:
             self._ops.closed(self, self._ops_address)
         if self._original_transport is not None:
@@ -566,6 +572,8 @@ class SMTP(
 
     def eof_received(self) -> Optional[bool]:
         log.info("%r EOF received", self.session.peer if self.session else None)
+        if self._linger is not None:
+            return False  # the client has our goodbye and is gone: close
         if self._reader_view is not None:
             self._reader_view.feed_eof()
         self._stop_commands()
@@ -627,8 +635,8 @@ class SMTP(
         the greeting (a PROXY header is still awaited)."""
         if self._cork is not None:
             self._flush()
-        transport = self.transport
-        if transport is None or transport.is_closing():
+        transport: Any = self.transport
+        if transport is None or transport.is_closing() or self._linger is not None:
             return
         if greeted is None:
             greeted = hasattr(self, "_gate")
@@ -638,7 +646,21 @@ class SMTP(
             writer.write(reply.encode("ascii") + b"\r\n")
             log.info("%r << %r", self.session.peer if self.session else None, reply)
             self._count(_m.REPLY_CLASS[ord(reply[0])])
-        transport.close()
+        if self._writer_view is not None or not transport.can_write_eof():
+            transport.close()  # TLS: close_notify, then the close
+            return
+        # A lingering close: closed with unread input, a socket sends a
+        # reset, and the client's TCP stack may then drop the goodbye before
+        # the client reads it (a client that pipelines, or is still sending
+        # DATA, always has input on its way).  So: our side ends (FIN after
+        # the reply), what the client still sends is read and dropped, and
+        # the connection closes when the client closes, or after LINGER_SECONDS.
+        self._buf.clear()
+        transport.write_eof()
+        self._linger = self.loop.call_later(LINGER_SECONDS, transport.close)
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
 
     def _leave(self, reply: str, after: str) -> int:
         """End the connection with ``reply`` as soon as it is safe: now if
@@ -646,7 +668,7 @@ class SMTP(
         after the handler's delivery (``"delivery"``).  Returns 1 when a
         handler is delivering (the caller waits for it), else 0."""
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._linger is not None:
             return 0
         waits = self._delivering or (
             after == "transaction" and (self._busy or self._in_transaction())
@@ -699,7 +721,7 @@ class SMTP(
 
     async def _write(self, data: bytes, lines: Sequence[bytes] = ()) -> None:
         transport: Any = self.transport
-        if transport is None:
+        if transport is None or self._linger is not None:
             raise ConnectionResetError("Connection lost")
         if self._writer_view is not None:
             # Replies go through _writer, as upstream's did: code written for

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import socket
 import ssl
@@ -290,6 +291,25 @@ def test_session_timeout(start: Any, caplog: pytest.LogCaptureFixture) -> None:
                 break
         assert reply == SESSION_TOO_LONG
     assert any(r.getMessage().endswith("session timeout") for r in caplog.records)
+
+
+def test_goodbye_reaches_a_client_that_keeps_sending(start: Any) -> None:
+    # Closed with unread input, a socket sends a reset, and the client's TCP
+    # stack may drop the 421 before the client reads it: the server lingers
+    # (docs/operations.rst, "Graceful drain").
+    server = start(session_timeout=0.3, timeout=30)
+    with socket.create_connection((HOST, server.port), IO_TIMEOUT) as sock:
+        sock.recv(1024)
+        with contextlib.suppress(OSError):
+            sock.sendall(b"NOOP\r\n" * 400_000)  # 2.4 MB, replies unread
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+    assert received.endswith(SESSION_TOO_LONG.encode() + b"\r\n"), received[-200:]
 
 
 def test_session_timeout_waits_for_the_delivery(start: Any, lt: LoopThread) -> None:
