@@ -11,6 +11,8 @@ import inspect
 import warnings
 from typing import Any, Callable, Optional
 
+from aiosmtpd._inline import is_own
+
 _members_cache: dict[tuple[type, str], tuple[str, ...]] = {}
 
 
@@ -42,6 +44,24 @@ def command_names(server: Any) -> frozenset[str]:
         names = _command_cache[cls] = frozenset(n[5:] for n in dir(cls) if n.startswith("smtp_"))
     own = [n[5:] for n in getattr(server, "__dict__", ()) if n.startswith("smtp_")]
     return names.union(own) if own else names
+
+
+_off_commands: dict[tuple[type, frozenset[str], str], frozenset[str]] = {}
+
+
+def without_command(cls: type, names: frozenset[str], verb: str) -> frozenset[str]:
+    """``names`` without ``verb`` when ``cls`` has the engine's own
+    ``smtp_<verb>``: an opt-in command that is off is no command at all (a
+    subclass's own method of that name stays)."""
+    key = (cls, names, verb)
+    commands = _off_commands.get(key)
+    if commands is None:
+        commands = names
+        if verb in names and is_own(cls, "smtp_" + verb):
+            commands = names - {verb}
+        if len(_off_commands) < 256:
+            _off_commands[key] = commands
+    return commands
 
 
 _ehlo_arity_cache: dict[Any, int] = {}

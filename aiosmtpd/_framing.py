@@ -215,3 +215,13 @@ class DataReader:
             if self.error is None and self.keep:
                 self.content = bytes(memoryview(buf)[:content_end])
         return consumed
+
+
+def parse_bdat(arg: Optional[str]) -> Optional[tuple[int, bool]]:
+    """``BDAT <size> [LAST]`` (RFC 3030): (size, last), or None if malformed."""
+    words = (arg or "").split(" ")
+    if not 1 <= len(words) <= 2 or not (words[0].isascii() and words[0].isdigit()):
+        return None
+    if len(words) == 2 and words[1].upper() != "LAST":
+        return None
+    return int(words[0]), len(words) == 2

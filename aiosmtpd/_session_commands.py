@@ -35,6 +35,7 @@ class SessionCommandsMixin:
         enable_PIPELINING: bool
         enable_ENHANCEDSTATUSCODES: bool
         enable_DSN: bool
+        enable_CHUNKING: bool
         command_size_limit: int
         command_size_limits: Any
         local_part_limit: int
@@ -111,6 +112,10 @@ class SessionCommandsMixin:
             lines.append("250-ENHANCEDSTATUSCODES")
         if self.enable_DSN:
             lines.append("250-DSN")
+        if self.enable_CHUNKING:
+            lines.append("250-CHUNKING")
+            if not self._decode_data:
+                lines.append("250-BINARYMIME")
         return lines
 
     async def _ehlo(self, hostname: str) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd import metrics as _m
 from aiosmtpd._dsn import MailParameters, take_mail_parameters, take_rcpt_parameters
-from aiosmtpd._framing import DataError, DataReader, has_bare_cr_or_lf, unstuff
+from aiosmtpd._framing import DataError, DataReader, has_bare_cr_or_lf, parse_bdat, unstuff
 from aiosmtpd._hooks import MISSING, syntax
 from aiosmtpd._inline import DRIVING, HOP, Run, engine_class, is_own
 
@@ -55,6 +55,7 @@ class TransactionMixin:
         _inline: bool
         _data_timeout: Optional[float]
         enable_DSN: bool
+        enable_CHUNKING: bool
         _delivering: bool
         _data_size: int
         loop: asyncio.AbstractEventLoop
@@ -74,6 +75,7 @@ class TransactionMixin:
         def _count(self, index: int, amount: int = 1) -> None: ...
         def _code(self, reply: str, enhanced: Optional[str]) -> str: ...
         def _auth_advertised(self) -> bool: ...
+        def _close(self) -> None: ...
 
     def _syntax_error(self, text: str, extended: str) -> str:
         assert self.session is not None
@@ -113,7 +115,9 @@ class TransactionMixin:
             return
         if not self._decode_data:
             body = params.pop("BODY", "7BIT")
-            if body not in ("7BIT", "8BITMIME"):
+            if body not in ("7BIT", "8BITMIME") and not (
+                body == "BINARYMIME" and self.enable_CHUNKING
+            ):
                 await self.push(
                     self._code("501 Error: BODY can only be one of 7BIT, 8BITMIME", "5.5.4")
                 )
@@ -241,6 +245,8 @@ class TransactionMixin:
         if arg:
             await self.push(self._code("501 Syntax: DATA", "5.5.4"))
             return
+        if self.enable_CHUNKING and await self._chunking_refuses_data():
+            return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
             reader = await self._read_data()
@@ -260,13 +266,20 @@ class TransactionMixin:
             # Nothing can see the message (_message_unseen): only the verdict.
             await self._deliver()
             return
+        await self._deliver_content(reader.content, stuffed=True)
+
+    async def _deliver_content(self, raw: bytes, stuffed: bool) -> None:
+        """Check, decode and deliver a received message: DATA's (``stuffed``,
+        dot-stuffed) or BDAT's (as sent)."""
+        assert self.envelope is not None
         if log.isEnabledFor(logging.DEBUG):
-            for data_line in reader.content.splitlines(keepends=True):
+            for data_line in raw.splitlines(keepends=True):
                 log.debug("DATA readline: %s", data_line)
-        if self._strict_line_endings and has_bare_cr_or_lf(reader.content):
+        binary = not stuffed and "BODY=BINARYMIME" in self.envelope.mail_options
+        if self._strict_line_endings and not binary and has_bare_cr_or_lf(raw):
             await self._data_failed("554 5.6.0 Error: bare CR or LF in message data")
             return
-        original_content = unstuff(reader.content)
+        original_content = unstuff(raw) if stuffed else raw
         content: Union[bytes, str] = original_content
         if self._decode_data:
             if self.enable_SMTPUTF8:
@@ -294,6 +307,97 @@ class TransactionMixin:
             envelope.dsn_envid = extras.envid
         if extras.auth is not None:
             envelope.mail_auth = extras.auth if self.session.authenticated else "<>"
+
+    # -- BDAT (RFC 3030), with enable_CHUNKING ------------------------------------------
+
+    @syntax("BDAT <size> [LAST]", when="enable_CHUNKING")
+    async def smtp_BDAT(self, arg: Optional[str]) -> None:
+        parsed = parse_bdat(arg)
+        if parsed is None:
+            await self.push(self._code("501 Syntax: BDAT <size> [LAST]", "5.5.4"))
+            # The chunk that follows cannot be told from commands: end here
+            # rather than run the message as commands.
+            self._close()
+            return
+        size, last = parsed
+        assert self.session is not None
+        # The chunk follows the command whatever the reply: it is always read
+        # (and dropped when refused), so that none of it is taken for commands.
+        if await self.check_helo_needed() or await self.check_auth_needed("BDAT"):
+            await self._read_chunk(size, None)
+            return
+        envelope = self.envelope
+        assert envelope is not None
+        chunks: Optional[bytearray] = getattr(envelope, "_bdat", None)
+        refusal = None
+        if not envelope.mail_from:
+            refusal = self._code("503 Error: need MAIL command", "5.5.1")
+        elif not envelope.rcpt_tos:
+            refusal = self._code("503 Error: need RCPT command", "5.5.1")
+        elif getattr(envelope, "_bdat_failed", False):
+            refusal = "503 5.5.1 Error: an earlier BDAT failed, send RSET"
+        elif self.data_size_limit and len(chunks or b"") + size > self.data_size_limit:
+            refusal = self._code("552 Error: Too much mail data", "5.3.4")
+            envelope._bdat_failed = True  # type: ignore[attr-defined]
+        if chunks is None:
+            chunks = envelope._bdat = bytearray()  # type: ignore[attr-defined]
+        await self._read_chunk(size, None if refusal is not None else chunks)
+        if refusal is not None:
+            await self.push(refusal)
+            return
+        if not last:
+            await self.push(f"250 2.0.0 {size} octets received")
+            return
+        envelope._bdat = None  # type: ignore[attr-defined]
+        self._data_size = len(chunks)
+        await self._deliver_content(bytes(chunks), stuffed=False)
+
+    async def _chunking_refuses_data(self) -> bool:
+        """DATA in a transaction that began BDAT, or that is BINARYMIME
+        (RFC 3030 sections 2 and 3): 503, without reading any message."""
+        assert self.envelope is not None
+        if getattr(self.envelope, "_bdat", None) is not None:
+            reply = "503 5.5.1 Error: DATA after BDAT, send RSET"
+        elif "BODY=BINARYMIME" in self.envelope.mail_options:
+            reply = "503 5.5.1 Error: BODY=BINARYMIME needs BDAT"
+        else:
+            return False
+        await self.push(reply)
+        return True
+
+    def _message_begins(self) -> Optional[asyncio.TimerHandle]:
+        """Message bytes come now (DATA or a BDAT chunk): read them all,
+        whatever the backlog, within data_timeout; returns its timer."""
+        self._in_data = True
+        self._resume_reading()
+        if self._data_timeout is None:
+            return None
+        return self.loop.call_later(self._data_timeout, self._data_expired)
+
+    def _message_ends(self, deadline: Optional[asyncio.TimerHandle]) -> None:
+        self._in_data = False
+        if deadline is not None:
+            deadline.cancel()
+
+    async def _read_chunk(self, size: int, into: Optional[bytearray]) -> None:
+        """Take the next ``size`` bytes the client sends; keep them in
+        ``into`` (None: drop them)."""
+        buf = self._buf
+        deadline = self._message_begins()
+        try:
+            remaining = size
+            while remaining:
+                if not buf:
+                    await self._wait_for_data()
+                    continue
+                take = min(remaining, len(buf))
+                if into is not None:
+                    into += memoryview(buf)[:take]
+                del buf[:take]
+                remaining -= take
+                self._reset_timeout()  # a client that keeps sending is not idle
+        finally:
+            self._message_ends(deadline)
 
     def _message_unseen(self) -> bool:
         """True when nothing can see the content of the message: no hook
@@ -364,13 +468,7 @@ class TransactionMixin:
             self.data_size_limit, self.line_length_limit, keep=not self._message_unseen()
         )
         buf = self._buf
-        self._in_data = True
-        self._resume_reading()
-        deadline = (
-            None
-            if self._data_timeout is None
-            else self.loop.call_later(self._data_timeout, self._data_expired)
-        )
+        deadline = self._message_begins()
         try:
             # What the previous wake-up had seen: the DATA command itself
             # restarted the timer for anything already buffered.
@@ -390,6 +488,4 @@ class TransactionMixin:
                 seen = len(buf)
                 await self._wait_for_data()
         finally:
-            self._in_data = False
-            if deadline is not None:
-                deadline.cancel()
+            self._message_ends(deadline)

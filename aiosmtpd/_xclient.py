@@ -27,8 +27,9 @@ from ipaddress import (
 )
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
+from aiosmtpd._discovery import without_command
 from aiosmtpd._hooks import syntax
-from aiosmtpd._inline import engine_class, is_own
+from aiosmtpd._inline import engine_class
 from aiosmtpd._session_commands import SessionCommandsMixin
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -353,22 +354,6 @@ def _describe(attributes: dict[str, str]) -> str:
 
 
 # The command names of a class with XCLIENT off, shared by its connections.
-_off_commands: dict[tuple[type, frozenset[str]], frozenset[str]] = {}
-
-
-def _commands_when_off(cls: type, names: frozenset[str]) -> frozenset[str]:
-    """``names`` without our XCLIENT (a subclass's own XCLIENT stays)."""
-    key = (cls, names)
-    commands = _off_commands.get(key)
-    if commands is None:
-        commands = names
-        if "XCLIENT" in names and is_own(cls, "smtp_XCLIENT"):
-            commands = names - {"XCLIENT"}
-        if len(_off_commands) < 256:
-            _off_commands[key] = commands
-    return commands
-
-
 @engine_class
 class XClientMixin(SessionCommandsMixin):
     """The ``XCLIENT`` command and its EHLO keyword."""
@@ -386,7 +371,7 @@ class XClientMixin(SessionCommandsMixin):
         """Set up ``xclient_trusted``; off, XCLIENT is no command at all."""
         if trusted is None:  # the default: this runs for every connection
             self._xclient_trusted = None
-            self._smtp_commands = _commands_when_off(type(self), self._smtp_commands)
+            self._smtp_commands = without_command(type(self), self._smtp_commands, "XCLIENT")
         else:
             self._xclient_trusted = trusted_networks(trusted)
 

@@ -249,6 +249,10 @@ def _extension_arguments(parser: ArgumentParser) -> None:
         help="Offer DSN (RFC 3461): accept RET, ENVID, NOTIFY and ORCPT.",
     )
     group.add_argument(
+        "--chunking", action="store_true",
+        help="Offer CHUNKING and BINARYMIME (RFC 3030): BDAT.",
+    )
+    group.add_argument(
         "--xclient-trusted", metavar="NETWORKS", type=_networks,
         help=(
             "Offer Postfix's XCLIENT to clients in these networks, "
@@ -536,6 +540,7 @@ def _serve(
             enable_PIPELINING=parsed.pipelining,
             enable_ENHANCEDSTATUSCODES=parsed.enhanced_status_codes,
             enable_DSN=parsed.dsn,
+            enable_CHUNKING=parsed.chunking,
             xclient_trusted=parsed.xclient_trusted,
             operations=operations,
         )

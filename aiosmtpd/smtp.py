@@ -59,6 +59,7 @@ from aiosmtpd._discovery import (
     command_names,
     ehlo_hook_version,
     names_with_prefix,
+    without_command,
 )
 from aiosmtpd._dsn import RecipientDSN as RecipientDSN
 from aiosmtpd._hooks import MISSING, syntax
@@ -239,7 +240,8 @@ class SMTP(
         "_ops", "_metrics", "_ops_address", "_busy", "_delivering", "_data_size",
         "_goodbye", "_goodbye_after", "_session_timer", "_data_timeout", "_session_timeout",
         "_tls_handshake_timeout", "_brief_tls_errors", "_cork", "_linger",
-        "enable_PIPELINING", "enable_ENHANCEDSTATUSCODES", "enable_DSN", "_xclient_trusted",
+        "enable_PIPELINING", "enable_ENHANCEDSTATUSCODES", "enable_DSN", "enable_CHUNKING",
+        "_xclient_trusted",
     )
 
     # The command budgets, made when the greeting is sent (_begin_commands).
@@ -283,6 +285,7 @@ class SMTP(
         enable_PIPELINING: bool = False,
         enable_ENHANCEDSTATUSCODES: bool = False,
         enable_DSN: bool = False,
+        enable_CHUNKING: bool = False,
         xclient_trusted: Optional[TrustedNetworks] = None,
         auth_enable_mechanism: Union[str, Iterable[str], None] = None,
     ) -> None:
@@ -343,6 +346,7 @@ class SMTP(
         self.enable_PIPELINING = enable_PIPELINING
         self.enable_ENHANCEDSTATUSCODES = enable_ENHANCEDSTATUSCODES
         self.enable_DSN = enable_DSN
+        self.enable_CHUNKING = enable_CHUNKING
         self._init_auth(
             handler,
             auth_required=auth_required,
@@ -368,6 +372,8 @@ class SMTP(
         # memory on every idle connection; commands are bound when used.
         self._smtp_commands = command_names(self)
         self._init_xclient(xclient_trusted)
+        if not enable_CHUNKING:  # the default: BDAT is no command at all
+            self._smtp_commands = without_command(type(self), self._smtp_commands, "BDAT")
 
         self.transport: Optional[asyncio.BaseTransport] = None
         self.session: Optional[Session] = None
