@@ -39,7 +39,7 @@ KINDS = ("project", "upstream", "floor", "smtp-sink")
 
 #: ``project+NAME``: the project server with these SMTP options on
 #: (benchmarks/server.py, VARIANT_OPTIONS).
-VARIANTS = ("pipelining", "ops")
+VARIANTS = ("pipelining", "ops", "chunking")
 
 
 def kind_variant(kind: str) -> str | None:

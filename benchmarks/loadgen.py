@@ -85,6 +85,14 @@ def make_message(size: int) -> bytes:
     return head + b"".join(lines) + b".\r\n"
 
 
+def bdat_chunks(content: bytes, size: int) -> bytes:
+    """*content* as pipelined ``BDAT`` commands with chunks of *size* bytes."""
+    pieces = [content[i : i + size] for i in range(0, len(content), size)] or [b""]
+    out = [b"BDAT %d\r\n" % len(p) + p for p in pieces[:-1]]
+    out.append(b"BDAT %d LAST\r\n" % len(pieces[-1]) + pieces[-1])
+    return b"".join(out)
+
+
 async def reply(reader: asyncio.StreamReader, expect: bytes) -> None:
     while True:
         line = await reader.readline()
@@ -148,6 +156,9 @@ class Session(asyncio.Protocol):
         self.buffer = b""
         self.state = "greeting"
         self.sent = 0
+        # BDAT: the chunks go out at once, and each gets a 250.
+        self.chunks = message.count(b"BDAT ") if message.startswith(b"BDAT ") else 0
+        self.replies_due = 0
         self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -187,6 +198,7 @@ class Session(asyncio.Protocol):
         "rcpt": b"250",
         "data": b"354",
         "body": b"250",
+        "chunks": b"250",
         "quit": b"221",
     }
 
@@ -213,7 +225,16 @@ class Session(asyncio.Protocol):
         elif state == "mail":
             self._send(RCPT, "rcpt")
         elif state == "rcpt":
-            self._send(b"DATA\r\n", "data")
+            if self.chunks:
+                self.replies_due = self.chunks
+                self._send(self.message, "chunks")
+            else:
+                self._send(b"DATA\r\n", "data")
+        elif state == "chunks":
+            self.replies_due -= 1
+            if not self.replies_due:
+                self.state = "body"
+                self._advance(line)
         elif state == "data":
             self._send(self.message, "body")
         elif state == "body":
@@ -264,6 +285,8 @@ async def session_worker(
 
 async def throughput(args: argparse.Namespace, tls: ssl.SSLContext | None) -> dict[str, float]:
     message = make_message(args.size)
+    if args.bdat:
+        message = bdat_chunks(message[:-3], args.bdat)  # without DATA's ".\r\n"
     work = Work(args.messages)
     start = time.perf_counter()
     counts = await asyncio.gather(
@@ -552,6 +575,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=1)
     parser.add_argument("--per-connection", type=int, default=1, help="0: unlimited")
     parser.add_argument("--size", type=int, default=1024, help="payload bytes")
+    parser.add_argument("--bdat", type=int, default=0, help="BDAT chunks of this size (0: DATA)")
     parser.add_argument("--starttls", metavar="CA.pem", help="STARTTLS, trusting this CA")
     parser.add_argument("--idle", type=int, default=0, help="hold this many connections")
     parser.add_argument("--concurrency", type=int, default=100)

@@ -52,6 +52,10 @@ class Scenario:
     handler: str = "sink"
     """The aiosmtpd servers' handler: "sink" (Sink) or "hook" (a handle_DATA
     that takes envelope.content and returns 250)."""
+    variant: str | None = None
+    """Run the project kinds as ``project+VARIANT`` (benchmarks/launch.py)."""
+    bdat_chunk: int = 0
+    """Send each message as BDAT chunks of this many bytes (0: DATA)."""
     flood: int = 0
     """NOOP lines one client keeps unanswered while a bystander does round
     trips (``messages`` is then the bystander's most round trips); 0: no flood."""
@@ -112,6 +116,16 @@ def scenarios(quick: bool) -> list[Scenario]:
             metrics=tuple(dataclasses.replace(m, target=None) for m in large.metrics),
             kinds=("project", "upstream"),
             handler="hook",
+        ),
+        dataclasses.replace(
+            large,
+            name="bdat",
+            what=f"as large, each message as BDAT chunks of 1 MiB (CHUNKING offered, "
+            f"which 1.4.6 cannot): {n(8, 2)} messages of 10 MiB",
+            metrics=tuple(dataclasses.replace(m, target=None) for m in large.metrics),
+            kinds=("project",),
+            variant="chunking",
+            bdat_chunk=MIB,
         ),
         Scenario(
             "idle",
@@ -245,6 +259,8 @@ def loadgen_argv(scenario: Scenario, port: int, tls: TLSFiles | None) -> list[st
         "--size",
         str(scenario.size),
     ]
+    if scenario.bdat_chunk:
+        argv += ["--bdat", str(scenario.bdat_chunk)]
     if tls is not None:
         argv += ["--starttls", str(tls.ca)]
     return argv
@@ -431,6 +447,8 @@ def run_one(
     """Fresh server, warm-up transaction, measured load, stop."""
     started = time.perf_counter()
     result = RunResult(scenario.name, kind, rep, client="", ok=False)
+    if scenario.variant and launch.kind_variant(kind) is None:
+        kind += "+" + scenario.variant
     try:
         server = launch.start(kind, tls if scenario.tls else None, profile, scenario.handler)
     except (launch.LaunchError, OSError) as exc:

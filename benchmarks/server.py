@@ -141,6 +141,7 @@ class HookHandler:
 # The opt-in features a project+VARIANT kind turns on (benchmarks/launch.py).
 VARIANT_OPTIONS: dict[str, Callable[[], dict[str, Any]]] = {
     "pipelining": lambda: {"enable_PIPELINING": True},
+    "chunking": lambda: {"enable_CHUNKING": True},
     # Limits that never bite and every counter on: their cost alone.
     "ops": lambda: {"operations": _operations()},
 }
