@@ -355,6 +355,7 @@ class CommandLoopMixin:
                 self._flush()
 
     def _answer_lines(self) -> None:
+        """_pump's loop."""
         buf = self._buf
         limit = self.line_length_limit
         turn = LINES_PER_TURN

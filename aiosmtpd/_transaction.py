@@ -19,9 +19,17 @@ from aiosmtpd._hooks import MISSING, syntax
 from aiosmtpd._inline import DRIVING, HOP, Run, engine_class, is_own
 
 if TYPE_CHECKING:  # pragma: no cover
+    from aiosmtpd.metrics import Metrics
     from aiosmtpd.smtp import Envelope, Session
 
 log = logging.getLogger("mail.log")
+
+
+# The server's own 250s of a transaction, indexed by enable_ENHANCEDSTATUSCODES
+# (a tuple, not a _code() call: these go out for every message).
+_MAIL_OK = ("250 OK", "250 2.1.0 OK")
+_RCPT_OK = ("250 OK", "250 2.1.5 OK")
+_DATA_OK = ("250 OK", "250 2.0.0 OK")
 
 
 def _accepts(status: Any) -> bool:
@@ -56,6 +64,8 @@ class TransactionMixin:
         _data_timeout: Optional[float]
         enable_DSN: bool
         enable_CHUNKING: bool
+        enable_ENHANCEDSTATUSCODES: bool
+        _metrics: Optional[Metrics]
         _delivering: bool
         _data_size: int
         loop: asyncio.AbstractEventLoop
@@ -163,10 +173,10 @@ class TransactionMixin:
         if status is MISSING:
             self.envelope.mail_from = address
             self.envelope.mail_options.extend(mail_options)
-            status = self._code("250 OK", "2.1.0")
+            status = _MAIL_OK[self.enable_ENHANCEDSTATUSCODES]
         log.info("%r sender: %s", self.session.peer, address)
-        if self.envelope.mail_from:
-            self._count(_m.TRANSACTIONS)
+        if self._metrics is not None and self.envelope.mail_from:
+            self._metrics.values[_m.TRANSACTIONS] += 1
         await self.push(status)
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
@@ -223,7 +233,7 @@ class TransactionMixin:
         if status is MISSING:
             self.envelope.rcpt_tos.append(address)
             self.envelope.rcpt_options.extend(rcpt_options)
-            status = self._code("250 OK", "2.1.5")
+            status = _RCPT_OK[self.enable_ENHANCEDSTATUSCODES]
         if dsn is not None and address in self.envelope.rcpt_tos:
             recipients = self.envelope.dsn_recipients
             if not isinstance(recipients, dict):  # the shared empty default
@@ -423,14 +433,18 @@ class TransactionMixin:
 
     async def _delivery_status(self) -> Any:
         """The handler's verdict on the received message, or MISSING."""
-        self._delivering = True
-        try:
-            status = await self._handler_verdict()
-        finally:
-            self._delivering = False
-        if status is MISSING or _accepts(status):
-            self._count(_m.MESSAGES)
-            self._count(_m.MESSAGE_BYTES, self._data_size)
+        if "DATA" in self._handle_hooks or hasattr(self.event_handler, "process_message"):
+            self._delivering = True
+            try:
+                status = await self._handler_verdict()
+            finally:
+                self._delivering = False
+        else:
+            status = MISSING  # no handler code: the server's own 250
+        metrics = self._metrics
+        if metrics is not None and (status is MISSING or _accepts(status)):
+            metrics.values[_m.MESSAGES] += 1
+            metrics.values[_m.MESSAGE_BYTES] += self._data_size
         return status
 
     async def _handler_verdict(self) -> Any:
@@ -459,7 +473,7 @@ class TransactionMixin:
         """Hand the received message to the handler and reply (LMTP overrides)."""
         status = await self._delivery_status()
         self._set_post_data_state()
-        await self.push(self._code("250 OK", "2.0.0") if status is MISSING else status)
+        await self.push(_DATA_OK[self.enable_ENHANCEDSTATUSCODES] if status is MISSING else status)
 
     async def _read_data(self) -> DataReader:
         """Read DATA content up to the terminator, in as few steps as the
