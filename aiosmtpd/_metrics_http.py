@@ -74,8 +74,7 @@ def serve_shared_metrics(sock: socket.socket, shared: mmap.mmap, workers: int) -
     """The metrics process of ``--workers``: serve the sum of every worker's
     table in ``shared`` (one ``STORAGE_BYTES`` slot each) on ``sock``, until
     SIGTERM or SIGINT."""
-    view = memoryview(shared)
-    tables = [Metrics(view[i * STORAGE_BYTES : (i + 1) * STORAGE_BYTES]) for i in range(workers)]
+    tables = [_table(shared, i) for i in range(workers)]
     loop = asyncio.new_event_loop()
     try:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -93,7 +92,11 @@ def serve_shared_metrics(sock: socket.socket, shared: mmap.mmap, workers: int) -
 def shared_metrics(shared: mmap.mmap, index: int) -> Metrics:
     """Worker ``index``'s table in ``shared``: what it counted before a
     restart is kept, but its connections then are gone."""
-    view = memoryview(shared)[index * STORAGE_BYTES : (index + 1) * STORAGE_BYTES]
-    metrics = Metrics(view)
+    metrics = _table(shared, index)
     metrics.values[CONNECTIONS_OPEN] = 0
     return metrics
+
+
+def _table(shared: mmap.mmap, index: int) -> Metrics:
+    """Worker ``index``'s slot of ``shared`` (Metrics takes STORAGE_BYTES)."""
+    return Metrics(memoryview(shared)[index * STORAGE_BYTES :])

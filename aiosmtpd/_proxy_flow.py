@@ -10,6 +10,7 @@ import logging
 from typing import TYPE_CHECKING, Optional
 
 from aiosmtpd._hooks import MISSING
+from aiosmtpd.operations import address_of
 from aiosmtpd.proxy_protocol import scan_proxy_header
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,7 +54,7 @@ async def accept_proxy_header(server: SMTP) -> bool:
         # The per-address limit counts the client the header names, and
         # refuses before any handler code (handle_PROXY) runs.
         source = getattr(proxy_data, "src_addr", None)
-        refusal = server._identified((str(source), 0) if source else peer)
+        refusal = server._identified(str(source) if source else address_of(peer))
         if refusal is not None:
             server._say_goodbye(refusal, greeted=True)
             return False

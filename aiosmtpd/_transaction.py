@@ -338,6 +338,9 @@ class TransactionMixin:
             return
         envelope = self.envelope
         assert envelope is not None
+        # The chunks so far live on the envelope, so that RSET and a new
+        # transaction (a new envelope) drop them; getattr: an envelope from
+        # a _create_envelope() override need not be an Envelope.
         chunks: Optional[bytearray] = getattr(envelope, "_bdat", None)
         refusal = None
         if not envelope.mail_from:

@@ -36,6 +36,11 @@ class Connection(Protocol):
     def _closing_done(self) -> bool: ...
 
 
+def address_of(peer: object) -> Optional[str]:
+    """The client address of a ``peername``; None for a Unix socket's."""
+    return peer[0] if isinstance(peer, tuple) and peer else None
+
+
 def _check_limit(name: str, value: Optional[int]) -> Optional[int]:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"{name} must be None or a positive int, not {value!r}")
@@ -93,6 +98,8 @@ class Operations:
         #: The connections open now.
         self.connections: set[Connection] = set()
         self._per_ip: dict[str, int] = {}
+        # The address each connection was counted under (per-address limit).
+        self._address_of: dict[Connection, str] = {}
         self._global_burst = _Burst("max_connections reached")
         self._ip_burst = _Burst("max_connections_per_ip reached")
         #: True once drain() has begun: connections finish their transaction
@@ -134,13 +141,14 @@ class Operations:
             return TOO_MANY_FROM_ADDRESS
         self._ip_burst.admitted()
         self._per_ip[address] = count + 1
+        self._address_of[server] = address
         return None
 
-    def closed(self, server: Connection, address: Optional[str]) -> None:
-        """A connection that opened() admitted has ended; ``address``: what
-        identified() admitted it as, if anything."""
+    def closed(self, server: Connection) -> None:
+        """A connection has ended (nothing to do if opened() refused it)."""
         if server not in self.connections:
-            return  # refused by opened()
+            return
+        address = self._address_of.pop(server, None)
         if address is not None:
             count = self._per_ip[address] - 1
             if count:

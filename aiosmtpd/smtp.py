@@ -94,7 +94,7 @@ from aiosmtpd._streams import StreamReaderView, StreamWriterView
 from aiosmtpd._transaction import TransactionMixin
 from aiosmtpd._xclient import TrustedNetworks, XClientMixin, after_starttls
 from aiosmtpd._xclient import XClient as XClient
-from aiosmtpd.operations import Operations
+from aiosmtpd.operations import Operations, address_of
 from aiosmtpd.proxy_protocol import ProxyData as ProxyData
 from aiosmtpd.proxy_protocol import get_proxy as get_proxy
 
@@ -237,7 +237,7 @@ class SMTP(
         "_auth_required", "_auth_require_tls", "_auth_failure_limit", "_auth_failures",
         "_authenticator", "_auth_callback",
         "_auth_methods", "_inline", "_run", "_suspended", "_turn", "_gate",
-        "_ops", "_metrics", "_ops_address", "_busy", "_delivering", "_data_size",
+        "_ops", "_metrics", "_busy", "_delivering", "_data_size",
         "_goodbye", "_goodbye_after", "_session_timer", "_data_timeout", "_session_timeout",
         "_tls_handshake_timeout", "_brief_tls_errors", "_cork", "_linger",
         "enable_PIPELINING", "enable_ENHANCEDSTATUSCODES", "enable_DSN", "enable_CHUNKING",
@@ -329,7 +329,6 @@ class SMTP(
         )
         self._brief_tls_errors = brief_tls_errors
         self._attach(operations)
-        self._ops_address: Optional[str] = None
         # Whether a command runs, and whether the handler is delivering a
         # message (a drain or a session deadline never cuts that short).
         self._busy = False
@@ -509,23 +508,20 @@ class SMTP(
         assert self._ops is not None
         refusal = self._ops.opened(self, peer)
         if refusal is None and self._proxy_timeout is None:
-            refusal = self._identified(peer)
+            refusal = self._identified(address_of(peer))
         if refusal is None:
             return True
         self._to(CLOSED)
         self._say_goodbye(refusal, greeted=True)
         return False
 
-    def _identified(self, peer: Any) -> Optional[str]:
-        """The per-address limit, once the client's address is known."""
+    def _identified(self, address: object) -> Optional[str]:
+        """The per-address limit, once the client's address is known (the
+        peer's, or the PROXY header's source)."""
         assert self._ops is not None
-        address = peer[0] if isinstance(peer, tuple) and peer else None
-        if not isinstance(address, str):
+        if not isinstance(address, str) or not address:
             return None  # a Unix socket's peer has no address
-        refusal = self._ops.identified(self, address)
-        if refusal is None and self._ops.max_connections_per_ip is not None:
-            self._ops_address = address
-        return refusal
+        return self._ops.identified(self, address)
 
     def _tls_established(self, transport: asyncio.BaseTransport) -> None:
         """STARTTLS is done: the RFC 3207 reset, on the TLS transport."""
@@ -569,7 +565,7 @@ class SMTP(
         if self._linger is not None:
             self._linger.cancel()
         if self._ops is not None:
-            self._ops.closed(self, self._ops_address)
+            self._ops.closed(self)
         if self._original_transport is not None:
             self._original_transport.close()
         super().connection_lost(exc)
@@ -615,7 +611,7 @@ class SMTP(
         log.info("%r connection timeout", self.session.peer if self.session else None)
         if self.transport is not None:
             self.transport.close()
-        in_proxy_header = self._proxy_timeout is not None and not hasattr(self, "_gate")
+        in_proxy_header = self._proxy_timeout is not None and not self._greeted()
         self._count(_m.TIMEOUT_PROXY if in_proxy_header else _m.TIMEOUT_IDLE)
 
     # -- Leaving: limits, drain, deadlines (docs/operations.rst) --------------------
@@ -641,15 +637,13 @@ class SMTP(
         the greeting (a PROXY header is still awaited)."""
         if self._cork is not None:
             self._flush()
-        transport: Any = self.transport
-        if transport is None or transport.is_closing() or self._linger is not None:
+        if self._ending():
             return
+        transport: Any = self.transport
         if greeted is None:
-            greeted = hasattr(self, "_gate")
+            greeted = self._greeted()
         if greeted:
-            # Through _writer's transport when it is in use, as _write does.
-            writer: Any = transport if self._writer_view is None else self._writer_view._transport
-            writer.write(reply.encode("ascii") + b"\r\n")
+            self._reply_transport().write(reply.encode("ascii") + b"\r\n")
             log.info("%r << %r", self.session.peer if self.session else None, reply)
             self._count(_m.REPLY_CLASS[ord(reply[0])])
         if self._writer_view is not None or not transport.can_write_eof():
@@ -673,8 +667,7 @@ class SMTP(
         it is idle, else after its transaction (``after="transaction"``) or
         after the handler's delivery (``"delivery"``).  Returns 1 when a
         handler is delivering (the caller waits for it), else 0."""
-        transport = self.transport
-        if transport is None or transport.is_closing() or self._linger is not None:
+        if self._ending():
             return 0
         waits = self._delivering or (
             after == "transaction" and (self._busy or self._in_transaction())
@@ -685,6 +678,16 @@ class SMTP(
         if self._goodbye is None or after == "delivery":
             self._goodbye, self._goodbye_after = reply, after
         return int(self._delivering)
+
+    def _ending(self) -> bool:
+        """Whether the connection is gone or closing (or saying goodbye)."""
+        transport = self.transport
+        return transport is None or transport.is_closing() or self._linger is not None
+
+    def _greeted(self) -> bool:
+        """Whether the client has had the greeting (the command budgets
+        start with it): before, a PROXY header is awaited and nothing is sent."""
+        return hasattr(self, "_gate")
 
     def _in_transaction(self) -> bool:
         return self.envelope is not None and bool(self.envelope.mail_from)
@@ -755,11 +758,16 @@ class SMTP(
         (see _command_loop._pump): one write, so one TCP segment for a
         group of replies rather than one each (RFC 2920 section 3.2)."""
         cork, self._cork = self._cork, None
-        transport: Any = self.transport
-        if cork and transport is not None:
-            if self._writer_view is not None:
-                transport = self._writer_view._transport
-            transport.write(b"".join(cork))
+        if cork and self.transport is not None:
+            self._reply_transport().write(b"".join(cork))
+
+    def _reply_transport(self) -> Any:
+        """Where replies go: ``_writer``'s transport once that is in use, as
+        in 1.4.6 (code that does its own STARTTLS swaps only that one).
+        ``_write`` makes the same choice inline: it runs for every reply."""
+        if self._writer_view is not None:
+            return self._writer_view._transport
+        return self.transport
 
     async def _drain(self) -> None:
         """Wait while the transport's write buffer is over its high mark."""

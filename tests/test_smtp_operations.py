@@ -312,17 +312,22 @@ def test_goodbye_reaches_a_client_that_keeps_sending(start: Any) -> None:
     assert received.endswith(SESSION_TOO_LONG.encode() + b"\r\n"), received[-200:]
 
 
+class Slow:
+    """A handler that stores a message only once ``release`` is set."""
+
+    def __init__(self, lt: LoopThread) -> None:
+        self.release = lt.call(asyncio.Event)  # on the server's loop (Python 3.9 binds it)
+        self.stored: list[bytes] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        await self.release.wait()
+        self.stored.append(envelope.original_content or b"")
+        return "250 stored"
+
+
 def test_session_timeout_waits_for_the_delivery(start: Any, lt: LoopThread) -> None:
-    release = lt.call(asyncio.Event)  # made on the server's loop (Python 3.9 binds it)
-    delivered: list[bytes] = []
-
-    class Slow:
-        async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-            await release.wait()
-            delivered.append(envelope.original_content or b"")
-            return "250 stored"
-
-    server = start(Slow(), session_timeout=0.3, timeout=30)
+    handler = Slow(lt)
+    server = start(handler, session_timeout=0.3, timeout=30)
     with server.client() as c:
         c.cmd("HELO a")
         c.cmd("MAIL FROM:<a@example.com>")
@@ -331,11 +336,11 @@ def test_session_timeout_waits_for_the_delivery(start: Any, lt: LoopThread) -> N
         c.send(b"hi\r\n.\r\n")
         # The deadline passes while the handler delivers: it is not cut.
         assert wait_for(lambda: server.last._goodbye == SESSION_TOO_LONG, lt)
-        lt.call(release.set)
+        lt.call(handler.release.set)
         assert c.text() == "250 stored"
         assert c.text() == SESSION_TOO_LONG
         assert c.is_closed()
-    assert delivered == [b"hi\r\n"]
+    assert handler.stored == [b"hi\r\n"]
 
 
 def test_starttls_handshake_timeout(
@@ -447,17 +452,9 @@ def test_drain_lets_transactions_finish(start: Any) -> None:
 
 
 def test_drain_never_cancels_a_delivering_handler(start: Any, lt: LoopThread) -> None:
-    release = lt.call(asyncio.Event)  # made on the server's loop (Python 3.9 binds it)
-    stored: list[bytes] = []
-
-    class Slow:
-        async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-            await release.wait()
-            stored.append(envelope.original_content or b"")
-            return "250 stored"
-
+    handler = Slow(lt)
     ops = Operations()
-    server = start(Slow(), operations=ops)
+    server = start(handler, operations=ops)
     with server.client() as c:
         in_transaction(c)
         c.cmd("DATA")
@@ -467,12 +464,12 @@ def test_drain_never_cancels_a_delivering_handler(start: Any, lt: LoopThread) ->
         # Past the deadline the drain still waits for the handler.
         assert wait_for(lambda: server.last._goodbye_after == "delivery", lt)
         assert not drained.done()
-        lt.call(release.set)
+        lt.call(handler.release.set)
         assert c.text() == "250 stored"
         assert c.text() == SHUTTING_DOWN
         assert c.is_closed()
         drained.result(IO_TIMEOUT)
-    assert stored == [b"hi\r\n"]
+    assert handler.stored == [b"hi\r\n"]
 
 
 def test_connections_during_a_drain_are_refused(start: Any) -> None:
