@@ -23,7 +23,6 @@ from aiosmtpd._command_gate import ENHANCED_CODES, CommandGate, Refusal, Why, sp
 from aiosmtpd._inline import (
     CLOSED,
     DRIVING,
-    HOP,
     IDLE,
     NEXT,
     NEXT_TURN,
@@ -63,7 +62,8 @@ _MAX_MESSAGE_BUFFER = 1024 * 1024
 # (docs/internals.rst, "Fairness").
 LINES_PER_TURN = 64
 
-# Commands that always run in a Task: they call handler code throughout.
+# Commands that pass the door into user code whole (SMTP._user_code): they
+# call it throughout (authenticators, AUTH mechanisms, handle_STARTTLS).
 _TASK_COMMANDS = frozenset({"AUTH", "STARTTLS"})
 
 
@@ -112,6 +112,7 @@ class CommandLoopMixin:
 
         async def push(self, status: Union[str, bytes]) -> None: ...
         async def _reply_to_exception(self, error: Exception) -> bool: ...
+        async def _user_code(self, call: Callable[..., Awaitable[Any]], *args: Any) -> Any: ...
         async def _accept_proxy_header(self) -> bool: ...
         def _allowed_before_starttls(self) -> frozenset[str]: ...
         def _reset_timeout(self) -> None: ...
@@ -317,11 +318,12 @@ class CommandLoopMixin:
         self._last_activity = self.loop.time()
         if self._timeout_handle is None:
             self._reset_timeout()
-        if self._run is DRIVING and command in _TASK_COMMANDS:
-            await HOP
         self._busy = True
         try:
-            await method(parsed.arg)
+            if command in _TASK_COMMANDS:
+                await self._user_code(method, parsed.arg)
+            else:
+                await method(parsed.arg)
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception as error:

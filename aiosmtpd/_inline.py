@@ -91,7 +91,7 @@ class Resume:
 
 
 # The classes of aiosmtpd whose coroutine methods are known to wait only for
-# client bytes or to await HOP before user code; each registers itself with
+# client bytes or to pass SMTP._user_code before user code; each registers itself with
 # @engine_class, so the rule does not depend on module or class names.
 _ENGINE_CLASSES: set[type] = set()
 _inline_cache: dict[type, bool] = {}

@@ -36,6 +36,8 @@ JOIN_OFF_LOOP = 4 * 1024 * 1024
 
 # Why a streamed message is abandoned (MessageAborted.reason).
 CONNECTION_LOST = "connection lost"
+CLOSED_BY_SERVER = "connection closed by the server"  # drain, deadline
+TIMED_OUT = "timed out"  # data_timeout
 TRANSACTION_RESET = "transaction reset"
 TOO_MUCH_DATA = "message too big"
 LINE_TOO_LONG = "line too long"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd._grammar import control_chars_to_question_marks, get_address
 from aiosmtpd._hooks import MISSING, syntax
-from aiosmtpd._inline import DRIVING, HOP, Run, engine_class
+from aiosmtpd._inline import Run, engine_class
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import Envelope, Session
@@ -51,6 +51,7 @@ class SessionCommandsMixin:
         async def _push_lines(self, lines: Sequence[Union[str, bytes]]) -> None: ...
         async def check_auth_needed(self, caller_method: str) -> bool: ...
         async def _call_handler_hook(self, command: str, *args: Any) -> Any: ...
+        async def _user_code(self, call: Callable[..., Awaitable[Any]], *args: Any) -> Any: ...
         def _set_rset_state(self) -> None: ...
         def _close(self) -> None: ...
         def _code(self, reply: str, enhanced: Optional[str]) -> str: ...
@@ -138,9 +139,7 @@ class SessionCommandsMixin:
             for line in lines:
                 await self.push(line)
             if ehlo_hook is not None:
-                if self._run is DRIVING:
-                    await HOP  # user code runs in a Task (see _inline)
-                await ehlo_hook()
+                await self._user_code(ehlo_hook)
             await self.push(await self._call_handler_hook("EHLO", hostname))
             return
         else:
@@ -152,9 +151,7 @@ class SessionCommandsMixin:
         # Deviation (CHANGES.rst): the deprecated ehlo_hook runs just before
         # the final line, as upstream documented, not before the first.
         await self._push_lines(lines[:-1])
-        if self._run is DRIVING:
-            await HOP  # user code runs in a Task (see _inline)
-        await ehlo_hook()
+        await self._user_code(ehlo_hook)
         await self._push_lines(lines[-1:])
 
     @syntax("NOOP [ignored]")
@@ -184,9 +181,7 @@ class SessionCommandsMixin:
                 DeprecationWarning,
                 stacklevel=2,
             )
-            if self._run is DRIVING:
-                await HOP  # user code runs in a Task (see _inline)
-            await rset_hook()
+            await self._user_code(rset_hook)
         status = await self._call_handler_hook("RSET")
         await self.push(self._code("250 OK", "2.0.0") if status is MISSING else status)
 

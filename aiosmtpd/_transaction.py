@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd import metrics as _m
 from aiosmtpd._dsn import MailParameters, take_mail_parameters, take_rcpt_parameters
 from aiosmtpd._framing import DataError, DataReader, parse_bdat
 from aiosmtpd._hooks import MISSING, syntax
-from aiosmtpd._inline import DRIVING, HOP, Run, engine_class, is_own
+from aiosmtpd._inline import Run, engine_class, is_own
 from aiosmtpd._message_body import (
     CONNECTION_LOST,
     LINE_TOO_LONG,
@@ -39,6 +40,13 @@ log = logging.getLogger("mail.log")
 _MAIL_OK = ("250 OK", "250 2.1.0 OK")
 _RCPT_OK = ("250 OK", "250 2.1.5 OK")
 _DATA_OK = ("250 OK", "250 2.0.0 OK")
+
+
+def _as_coroutine(func: Callable[..., Any]) -> Callable[..., Any]:
+    async def call(*args: Any) -> Any:
+        return func(*args)
+
+    return call
 
 
 def _accepts(status: Any) -> bool:
@@ -83,6 +91,7 @@ class TransactionMixin:
         async def check_helo_needed(self, helo: str = "HELO") -> bool: ...
         async def check_auth_needed(self, caller_method: str) -> bool: ...
         async def _call_handler_hook(self, command: str, *args: Any) -> Any: ...
+        async def _user_code(self, call: Callable[..., Awaitable[Any]], *args: Any) -> Any: ...
         def _strip_command_keyword(self, keyword: str, arg: str) -> Optional[str]: ...
         def _getaddr(self, arg: str) -> tuple[Optional[str], Optional[str]]: ...
         def _getparams(self, params: list[str]) -> Optional[dict[str, Union[str, bool]]]: ...
@@ -526,8 +535,6 @@ class TransactionMixin:
         process_message = getattr(self.event_handler, "process_message", None)
         if process_message is None:
             return MISSING
-        if self._run is DRIVING:
-            await HOP
         warnings.warn(
             "Use handler.handle_DATA() instead of .process_message()",
             DeprecationWarning,
@@ -535,10 +542,9 @@ class TransactionMixin:
         )
         envelope = self.envelope
         args = (self.session.peer, envelope.mail_from, envelope.rcpt_tos, envelope.content)
-        if asyncio.iscoroutinefunction(process_message):
-            status = await process_message(*args)
-        else:
-            status = process_message(*args)
+        if not asyncio.iscoroutinefunction(process_message):
+            process_message = _as_coroutine(process_message)
+        status = await self._user_code(process_message, *args)
         return MISSING if status is None else status
 
     async def _deliver(self) -> None:

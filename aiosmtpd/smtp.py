@@ -77,7 +77,13 @@ from aiosmtpd._inline import (
     runs_commands_inline,
 )
 from aiosmtpd._loop import get_or_new_eventloop
-from aiosmtpd._message_body import CONNECTION_LOST, TRANSACTION_RESET, Incoming
+from aiosmtpd._message_body import (
+    CLOSED_BY_SERVER,
+    CONNECTION_LOST,
+    TIMED_OUT,
+    TRANSACTION_RESET,
+    Incoming,
+)
 from aiosmtpd._message_body import MessageAborted as MessageAborted
 from aiosmtpd._message_body import MessageBody as MessageBody
 from aiosmtpd._proxy_flow import checked_proxy_timeout
@@ -449,9 +455,21 @@ class SMTP(
         hook = self._handle_hooks.get(command)
         if hook is None:
             return MISSING
+        return await self._user_code(hook, self, self.session, self.envelope, *args)
+
+    async def _user_code(self, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """``await call(*args)``, in a Task: the one door into user code.
+
+        Handler hooks, ``handle_exception``, ``process_message``, the
+        deprecated hooks, and the AUTH and STARTTLS commands (authenticators,
+        mechanisms, ``handle_STARTTLS``) all pass here.  A command run inline
+        moves into the connection's Task first (docs/internals.rst, "Inline
+        commands and the Task"); a stream hook gets a Task of its own
+        (``_message_body``).
+        """
         if self._run is DRIVING:
             await HOP
-        return await hook(self, self.session, self.envelope, *args)
+        return await call(*args)
 
     def __del__(self) -> None:
         # An instance whose __init__ never ran to the base class (bad
@@ -645,6 +663,7 @@ class SMTP(
             self._flush()
         if self._ending():
             return
+        self._abandon_message(CLOSED_BY_SERVER)
         transport: Any = self.transport
         if greeted is None:
             greeted = self._greeted()
@@ -720,6 +739,7 @@ class SMTP(
     def _data_expired(self) -> None:
         log.info("%r DATA timeout", self.session.peer if self.session else None)
         self._count(_m.TIMEOUT_DATA)
+        self._abandon_message(TIMED_OUT)
         self._say_goodbye(DATA_TOO_SLOW)
 
     # -- Replies --------------------------------------------------------------------
@@ -847,10 +867,8 @@ class SMTP(
     async def _reply_to_exception(self, error: Exception) -> bool:
         """Reply to an exception raised by a command; False ends the session."""
         peer = self.session.peer if self.session else None
-        if self._run is DRIVING:
-            await HOP  # handle_exception may be handler code
         try:
-            status = await self.handle_exception(error)
+            status = await self._user_code(self.handle_exception, error)
         except Exception as inner:
             log.exception("%r Exception in handle_exception()", peer)
             status = self._code(_describe_error(inner), "5.0.0")

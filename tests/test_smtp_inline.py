@@ -334,3 +334,42 @@ def test_execution_state_moves_are_checked() -> None:
         assert not NEXT[Run.CLOSED]
     finally:
         server.loop.close()
+
+
+def test_user_code_has_one_door() -> None:
+    """Only SMTP._user_code moves an inline command into a Task before user
+    code: a hop placed by hand elsewhere is how one was once forgotten."""
+    import pathlib
+    import re
+
+    import aiosmtpd
+
+    package = pathlib.Path(aiosmtpd.__file__).parent
+    hops = {
+        f"{path.name}:{number}"
+        for path in package.rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\bawait HOP\b", line)
+    }
+    assert len(hops) == 1 and next(iter(hops)).startswith("smtp.py:")
+
+
+def test_sync_process_message_runs_in_a_task(start: ServerFactory) -> None:
+    seen: list[bool] = []
+
+    class Legacy:
+        def process_message(self, peer: Any, mail_from: str, rcpt_tos: list[str],
+                            data: bytes) -> None:
+            try:
+                seen.append(asyncio.current_task() is not None)
+            except RuntimeError:  # no running loop at all
+                seen.append(False)
+
+    with pytest.warns(DeprecationWarning), start(Legacy()).client() as c:
+        c.cmd("HELO c")
+        c.cmd("MAIL FROM:<a@example.com>")
+        c.cmd("RCPT TO:<b@example.com>")
+        c.cmd("DATA")
+        c.send(BODY)
+        assert c.text() == "250 OK"
+    assert seen == [True]

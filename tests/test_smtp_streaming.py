@@ -92,6 +92,28 @@ def test_the_hook_gets_what_handle_data_would(start: ServerFactory) -> None:
     assert streamer.in_task == [True]
 
 
+@pytest.mark.parametrize("size", [1024, 1024**2, 32 * 1024**2], ids=["1KiB", "1MiB", "32MiB"])
+def test_sizes(start: ServerFactory, size: int) -> None:
+    line = b".dotted line\r\n" + b"q" * 84 + b"\r\n"
+    message = (line * (size // len(line) + 1))[:size - 2] + b"\r\n"
+    handler = Streamer()
+    with start(handler, data_size_limit=None).client() as c:
+        transaction(c)
+        assert send_data(c, stuffed(message)) == "250 OK"
+    assert handler.messages == [message]
+
+
+def test_the_data_timer_aborts_a_stalled_stream(start: ServerFactory) -> None:
+    handler = Streamer()
+    with start(handler, data_timeout=0.2).client() as c:
+        transaction(c)
+        assert c.cmd("DATA").startswith("354")
+        c.send(b"the client then stalls\r\n")
+        assert c.text() == "421 4.4.2 Timeout waiting for data, closing connection"
+        assert handler.ended.wait(WAIT)  # at once, not when the connection closes
+    assert handler.aborted == ["timed out"] and handler.messages == []
+
+
 def test_the_hook_reply_is_sent_and_content_stays_none(start: ServerFactory) -> None:
     seen: list[Any] = []
 
@@ -207,6 +229,24 @@ def test_a_server_stop_mid_message_is_reported(start: ServerFactory) -> None:
         server.close()
         assert handler.ended.wait(WAIT)
     assert handler.aborted == ["connection lost"] and handler.messages == []
+
+
+def test_a_drain_deadline_mid_message_is_reported(start: ServerFactory) -> None:
+    from aiosmtpd.operations import Operations
+
+    handler = Streamer()
+    ops = Operations()
+    server = start(handler, operations=ops)
+    with server.client() as c:
+        transaction(c)
+        assert c.cmd("DATA").startswith("354")
+        c.send(b"part of a message\r\n" * 1000)
+        assert handler.started.wait(WAIT)
+        drained = asyncio.run_coroutine_threadsafe(ops.drain(0.1), server.lt.loop)
+        assert c.text() == "421 4.3.2 Service shutting down, try again later"
+        assert handler.ended.wait(WAIT)
+        drained.result(WAIT)
+    assert handler.aborted == ["connection closed by the server"] and handler.messages == []
 
 
 def test_backpressure_keeps_the_servers_buffers_bounded(start: ServerFactory) -> None:
