@@ -3,9 +3,10 @@
 A handler is any object; the server looks for ``handle_<VERB>`` coroutines on
 it by name. The classes here cover the usual needs: discard (``Sink``), print
 (``Debugging``), relay (``Proxy``), and hand over parsed messages
-(``Message``, ``AsyncMessage``, ``Mailbox``), and store messages of any size
-as they arrive (``Maildir``, through the ``handle_DATA_STREAM`` hook). Classes
-with a ``from_cli`` classmethod can be chosen with ``python -m aiosmtpd -c``.
+(``Message``, ``AsyncMessage``, ``Mailbox``); and, through the
+``handle_DATA_STREAM`` hook, store or relay messages of any size as they
+arrive (``Maildir``, ``StreamingProxy``). Classes with a ``from_cli``
+classmethod can be chosen with ``python -m aiosmtpd -c``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ __all__ = [  # noqa: RUF022
     "Mailbox",
     # Not in 1.4.6:
     "Maildir",
+    "StreamingProxy",
 ]
 
 log = logging.getLogger("mail.debug")
@@ -570,3 +572,240 @@ class Maildir:
             raise
         log.debug("stored message %s in %s", key, self._root)
         return "250 OK"
+
+
+# ------------------------------------------------------------ streaming relay
+
+
+class _RelayFailed(Exception):
+    """The upstream server refused or failed; *code* is its reply code, or -1
+    when there was no usable reply (as smtplib reports a lost connection)."""
+
+    def __init__(self, code: int, text: bytes) -> None:
+        super().__init__(code, text)
+        self.code = code
+        self.text = text
+
+
+class _DotStuffer:
+    """Message bytes to their DATA wire form, chunk by chunk.
+
+    The same as :mod:`smtplib` does to a whole message: every line end (CRLF,
+    a bare CR or a bare LF) becomes CRLF, so that the upstream server cannot
+    read an end of data the client never sent, and a line starting with a
+    dot gets a second one. A CR that ends a chunk is held back: it may be the
+    first half of a CRLF that the next chunk completes.
+    """
+
+    def __init__(self) -> None:
+        self._held_cr = False
+        self._line_start = True
+
+    def feed(self, data: bytes) -> bytes:
+        if self._held_cr:
+            data = b"\r" + data
+            self._held_cr = False
+        if data.endswith(b"\r"):
+            data = data[:-1]
+            self._held_cr = True
+        if not data:
+            return data
+        data = NLCRE.sub(CRLF, data)
+        if self._line_start and data[:1] == b".":
+            data = b"." + data
+        data = data.replace(b"\n.", b"\n..")
+        self._line_start = data.endswith(b"\n")
+        return data
+
+    def end(self) -> bytes:
+        """The rest, an end to an unterminated last line, and the final dot."""
+        tail = CRLF if self._held_cr or not self._line_start else EMPTYBYTES
+        self._held_cr, self._line_start = False, True
+        return tail + b".\r\n"
+
+
+class _Upstream:
+    """Just enough of an SMTP client over asyncio streams to relay one message.
+
+    Every failure (connection, timeout, a reply that is not SMTP) becomes
+    :class:`_RelayFailed`, so it is told apart from what the message stream
+    raises. Each read and each wait for the send buffer to drain is bounded
+    by *timeout*.
+    """
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._timeout = timeout
+        self.extensions: set[str] = set()
+
+    @classmethod
+    async def connect(cls, host: str, port: int, timeout: float) -> _Upstream:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        except (OSError, asyncio.TimeoutError) as error:
+            raise _RelayFailed(-1, str(error).encode("utf-8", "replace")) from error
+        return cls(reader, writer, timeout)
+
+    async def reply(self) -> tuple[int, bytes]:
+        texts: list[bytes] = []
+        while True:
+            try:
+                line = await asyncio.wait_for(self._reader.readline(), self._timeout)
+            except (OSError, asyncio.TimeoutError, ValueError) as error:
+                # ValueError: a line longer than the reader's limit.
+                raise _RelayFailed(-1, repr(error).encode("utf-8", "replace")) from error
+            if not line.endswith(b"\n"):
+                raise _RelayFailed(-1, b"Connection unexpectedly closed")
+            line = line.rstrip(b"\r\n")
+            code, separator = line[:3], line[3:4]
+            if not (len(code) == 3 and code.isdigit() and separator in (b"", b" ", b"-")):
+                raise _RelayFailed(-1, b"Malformed reply: " + line[:100])
+            texts.append(line[4:])
+            if separator != b"-":
+                return int(code), b"\n".join(texts)
+
+    async def send(self, data: bytes) -> None:
+        self._writer.write(data)
+        try:
+            # Waits only while the kernel and the transport hold more than
+            # the high-water mark: the upstream server's pace sets ours.
+            await asyncio.wait_for(self._writer.drain(), self._timeout)
+        except (OSError, asyncio.TimeoutError) as error:
+            raise _RelayFailed(-1, repr(error).encode("utf-8", "replace")) from error
+
+    async def command(self, line: str) -> tuple[int, bytes]:
+        await self.send(line.encode("utf-8") + CRLF)
+        return await self.reply()
+
+    async def expect(self, line: str, wanted: int) -> bytes:
+        code, text = await self.command(line)
+        if code != wanted:
+            raise _RelayFailed(code, text)
+        return text
+
+    async def greet(self, local_hostname: str) -> None:
+        code, text = await self.reply()
+        if code != 220:
+            raise _RelayFailed(code, text)
+        code, text = await self.command(f"EHLO {local_hostname}")
+        if code == 250:
+            self.extensions = {
+                line.split(b" ", 1)[0].decode("ascii", "replace").upper()
+                for line in text.split(b"\n")[1:]
+            }
+        else:
+            await self.expect(f"HELO {local_hostname}", 250)
+
+    async def quit(self) -> None:
+        """Say QUIT and close; the outcome is known, so failures do not matter."""
+        try:
+            await self.command("QUIT")
+        except _RelayFailed:
+            pass
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection at once (mid-DATA: the upstream discards the message)."""
+        self._writer.transport.abort()
+
+
+class StreamingProxy:
+    """Relay every message to another SMTP server as it arrives (``handle_DATA_STREAM``).
+
+    The upstream session (greeting, EHLO, MAIL, RCPT, DATA) is opened when
+    the message begins, and the message is forwarded chunk by chunk,
+    dot-stuffed on the way, with an ``X-Peer`` header *before* it. The
+    client's reply follows :class:`Proxy`'s rules.
+
+    It talks to the upstream server over asyncio streams rather than running
+    :mod:`smtplib` in a worker thread as :class:`Proxy` does: a relay lasts as
+    long as the client takes to send its message, and a worker thread held
+    per message in flight would soon exhaust the loop's default executor (a
+    few threads), stalling every other handler that uses it.
+    """
+
+    def __init__(self, remote_hostname: str, remote_port: int, *, timeout: float = 300) -> None:
+        self._hostname = remote_hostname
+        self._port = remote_port
+        self._timeout = timeout
+
+    async def _open(
+        self, server: SMTP, envelope: Envelope, rcpt_tos: list[str], refused: RefusedRecipients
+    ) -> Optional[_Upstream]:
+        """Connect and go as far as DATA's 354.
+
+        Refused recipients go to *refused*; when every one is, the session is
+        closed and the result is None.
+        """
+        upstream = await _Upstream.connect(self._hostname, self._port, self._timeout)
+        try:
+            await upstream.greet(server.hostname)
+            mail_from = envelope.mail_from or ""
+            options = ""
+            if not all(address.isascii() for address in (mail_from, *rcpt_tos)):
+                if "SMTPUTF8" not in upstream.extensions:
+                    raise _RelayFailed(553, b"5.6.7 upstream server lacks SMTPUTF8")
+                options = " SMTPUTF8"
+            await upstream.expect(f"MAIL FROM:<{mail_from}>{options}", 250)
+            for rcpt in rcpt_tos:
+                code, text = await upstream.command(f"RCPT TO:<{rcpt}>")
+                if code not in (250, 251):
+                    refused[rcpt] = (code, text)
+            if len(refused) == len(rcpt_tos):
+                log.info("got SMTPRecipientsRefused")
+                await upstream.quit()
+                return None
+            await upstream.expect("DATA", 354)
+        except _RelayFailed as error:
+            if error.code > 0:
+                await upstream.quit()  # a refusal: the session is still in order
+            else:
+                upstream.abort()
+            raise
+        except BaseException:
+            upstream.abort()
+            raise
+        return upstream
+
+    async def handle_DATA_STREAM(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        body: AsyncIterable[bytes],
+    ) -> str:
+        rcpt_tos = list(envelope.rcpt_tos)
+        refused: RefusedRecipients = {}
+        try:
+            upstream = await self._open(server, envelope, rcpt_tos, refused)
+            if upstream is not None:
+                stuffer = _DotStuffer()
+                host = _peer_host(session.peer)
+                try:
+                    if host:
+                        header = b"X-Peer: " + host.encode("ascii") + CRLF
+                        await upstream.send(stuffer.feed(header))
+                    async for chunk in body:
+                        await upstream.send(stuffer.feed(chunk))
+                    await upstream.send(stuffer.end())
+                    code, text = await upstream.reply()
+                except BaseException:
+                    # Mid-DATA nothing may follow (it would be taken for
+                    # message content): drop the connection, and the partial
+                    # message is discarded upstream. Then pass on
+                    # MessageAborted, or the relay's failure.
+                    upstream.abort()
+                    raise
+                await upstream.quit()
+                if code != 250:
+                    raise _RelayFailed(code, text)
+        except _RelayFailed as error:
+            log.error(
+                "relay to %s:%s failed: %s %r", self._hostname, self._port, error.code, error.text
+            )
+            refused = dict.fromkeys(rcpt_tos, (error.code, error.text))
+        log.info("we got some refusals: %s", refused)
+        return Proxy._reply(rcpt_tos, refused)

@@ -1,4 +1,4 @@
-"""The streaming built-in handlers (``handle_DATA_STREAM``): ``Maildir``.
+"""The streaming built-in handlers (``handle_DATA_STREAM``): ``Maildir``, ``StreamingProxy``.
 
 End to end over loopback through the project's Controller, plus a few tests
 that drive the hook directly with a hand-made body where a real client
@@ -29,7 +29,13 @@ import pytest
 
 from aiosmtpd import handlers
 from aiosmtpd.controller import Controller
-from aiosmtpd.handlers import STORE_TEMPFAIL, Maildir
+from aiosmtpd.handlers import (
+    RELAY_PERMFAIL,
+    RELAY_TEMPFAIL,
+    STORE_TEMPFAIL,
+    Maildir,
+    StreamingProxy,
+)
 from aiosmtpd.smtp import SMTP, Envelope, MessageAborted, Session
 
 REPO = Path(__file__).resolve().parent.parent
@@ -493,7 +499,223 @@ def test_maildir_from_cli(tmp_path: Path) -> None:
         Maildir.from_cli(parser, "a", "b")
 
 
-def test_maildir_in_all() -> None:
-    assert handlers.__all__[-1] == "Maildir"
-    assert hasattr(Maildir, "handle_DATA_STREAM")
-    assert not hasattr(Maildir, "handle_DATA")
+def test_streaming_handlers_in_all() -> None:
+    assert handlers.__all__[-2:] == ["Maildir", "StreamingProxy"]
+    for cls in (Maildir, StreamingProxy):
+        assert hasattr(cls, "handle_DATA_STREAM")
+        assert not hasattr(cls, "handle_DATA")
+
+
+# ------------------------------------------------------------ StreamingProxy
+
+
+def wire_form(message: bytes) -> bytes:
+    """What smtplib sends between DATA and the final dot for *message* as text
+    (as bytes it would leave bare CRs and LFs alone)."""
+    text = smtplib._fix_eols(message.decode("latin-1"))  # type: ignore[attr-defined]
+    quoted: bytes = smtplib._quote_periods(text.encode("latin-1"))  # type: ignore[attr-defined]
+    return quoted if quoted.endswith(b"\r\n") else quoted + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"",
+        b"a",
+        b".",
+        b"..\r\n",
+        b"Subject: s\r\n\r\n.dot\r\n..two\r\nx.y\r\n",
+        b"bare\nlf\n.after lf\rcr\r.after cr\r\n\r\n.",
+        b"\r\r\n\n\r.\r\n.\n.\r",
+        b"no end of line",
+    ],
+)
+def test_dot_stuffer_equals_smtplib_for_every_split(message: bytes) -> None:
+    expected = wire_form(message) + b".\r\n" if message else b".\r\n"
+    for i in range(len(message) + 1):
+        for j in range(i, len(message) + 1):
+            stuffer = handlers._DotStuffer()
+            pieces = [message[:i], message[i:j], message[j:]]
+            out = b"".join(stuffer.feed(p) for p in pieces) + stuffer.end()
+            assert out == expected, (i, j)
+
+
+class Recorder:
+    """An upstream server's handler keeping every message whole."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Envelope] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.envelopes.append(envelope)
+        return "250 OK"
+
+
+class Refusing(Recorder):
+    """Refuses recipients starting with ``bad`` (550) or ``later`` (450),
+    senders starting with ``no`` (553), and messages with ``reject``."""
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if address.startswith("no"):
+            return "553 5.7.1 sender refused"
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if address.startswith("bad"):
+            return "550 5.1.1 no such user"
+        if address.startswith("later"):
+            return "450 4.2.0 mailbox busy"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        assert envelope.content is not None
+        if b"reject" in envelope.content:
+            return "554 5.6.0 content refused"
+        return await super().handle_DATA(server, session, envelope)
+
+
+@contextlib.contextmanager
+def relay_pair(
+    upstream_handler: Any, **relay_kwargs: Any
+) -> Iterator[tuple[Controller, Controller]]:
+    with controller(upstream_handler, data_size_limit=None) as upstream:
+        proxy = StreamingProxy(upstream.hostname, upstream.port, timeout=WAIT)
+        with controller(proxy, **relay_kwargs) as relay:
+            yield relay, upstream
+
+
+def test_streaming_proxy_relays_with_x_peer_first() -> None:
+    recorder = Recorder()
+    message = b"Subject: relayed\r\n\r\n.leading dot\r\n..two\r\n\xffbinary\r\nend\r\n"
+    with relay_pair(recorder) as (relay, _), contextlib.closing(client(relay)) as smtp:
+        assert smtp.sendmail("anne@x", ["bart@y", "cate@z"], message) == {}
+    [envelope] = recorder.envelopes
+    assert envelope.mail_from == "anne@x"
+    assert envelope.rcpt_tos == ["bart@y", "cate@z"]
+    assert envelope.mail_options == []  # the client's SIZE= is not passed on
+    assert envelope.original_content == b"X-Peer: 127.0.0.1\r\n" + message
+
+
+def test_streaming_proxy_some_recipients_refused(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="mail.debug")
+    recorder = Refusing()
+    with relay_pair(recorder) as (relay, _), contextlib.closing(client(relay)) as smtp:
+        rcpt_tos = ["bad@x", "good@x", "later@x"]
+        assert smtp.sendmail("a@x", rcpt_tos, b"Subject: s\r\n\r\nb\r\n") == {}
+    [envelope] = recorder.envelopes
+    assert envelope.rcpt_tos == ["good@x"]
+    assert "'bad@x': (550, b'5.1.1 no such user')" in caplog.text
+    assert "'later@x': (450, b'4.2.0 mailbox busy')" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("mail_from", "rcpt_tos", "body", "reply"),
+    [
+        ("a@x", ["bad@x", "bad2@x"], b"x\r\n", RELAY_PERMFAIL),
+        ("a@x", ["bad@x", "later@x"], b"x\r\n", RELAY_TEMPFAIL),
+        ("no@x", ["good@x"], b"x\r\n", RELAY_PERMFAIL),
+        ("a@x", ["good@x"], b"please reject\r\n", RELAY_PERMFAIL),
+    ],
+    ids=["all-refused", "all-refused-one-temporary", "sender-refused", "data-refused"],
+)
+def test_streaming_proxy_refusals(
+    mail_from: str, rcpt_tos: list[str], body: bytes, reply: str
+) -> None:
+    recorder = Refusing()
+    with relay_pair(recorder) as (relay, _), contextlib.closing(client(relay)) as smtp:
+        smtp.ehlo()
+        assert smtp.mail(mail_from)[0] == 250
+        for rcpt in rcpt_tos:
+            assert smtp.rcpt(rcpt)[0] == 250
+        code, text = smtp.data(b"Subject: s\r\n\r\n" + body)
+        assert f"{code} {text.decode()}" == reply
+        # The session goes on, and so does the upstream's.
+        assert smtp.noop()[0] == 250
+    assert recorder.envelopes == []
+
+
+def test_streaming_proxy_unreachable_upstream() -> None:
+    with contextlib.closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with controller(StreamingProxy("127.0.0.1", port, timeout=WAIT)) as relay, contextlib.closing(
+        client(relay)
+    ) as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as raised:
+            smtp.sendmail("a@x", ["b@x"], b"Subject: s\r\n\r\nb\r\n")
+        assert (raised.value.smtp_code, raised.value.smtp_error) == (
+            451,
+            b"4.4.1 Error: relay failed, try again later",
+        )
+
+
+class StreamRecorder:
+    """An upstream server's stream hook: digest, size, largest chunk, outcome."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.outcomes: list[Any] = []
+        self.digests: list[str] = []
+
+    async def handle_DATA_STREAM(
+        self, server: SMTP, session: Session, envelope: Envelope, body: Any
+    ) -> str:
+        digest = hashlib.sha256()
+        try:
+            async for chunk in body:
+                digest.update(chunk)
+        except BaseException as error:
+            self.outcomes.append(error)
+            raise
+        finally:
+            self.done.set()
+        self.outcomes.append("250 OK")
+        self.digests.append(digest.hexdigest())
+        return "250 OK"
+
+
+def test_streaming_proxy_64_mib_memory_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[int] = []
+    real_send = handlers._Upstream.send
+
+    async def send(self: Any, data: bytes) -> None:
+        sent.append(len(data))
+        await real_send(self, data)
+
+    monkeypatch.setattr(handlers._Upstream, "send", send)
+    upstream = StreamRecorder()
+    line = b"." + b"y" * 77 + b"\r\n"  # every line stuffed on both hops
+    message = b"Subject: big\r\n\r\n" + line * (64 * 1024 * 1024 // len(line))
+    with relay_pair(upstream, data_size_limit=None) as (relay, _), contextlib.closing(
+        client(relay)
+    ) as smtp:
+        assert smtp.sendmail("a@x", ["b@x"], message) == {}
+    assert upstream.outcomes == ["250 OK"]
+    assert upstream.digests == [hashlib.sha256(b"X-Peer: 127.0.0.1\r\n" + message).hexdigest()]
+    # Forwarded piece by piece: the most held at once is one chunk (stuffed).
+    assert len(sent) > 64
+    assert max(sent) <= 8 * 1024 * 1024
+
+
+def test_streaming_proxy_client_vanishes_upstream_discards() -> None:
+    upstream = StreamRecorder()
+    with relay_pair(upstream) as (relay, _):
+        smtp = client(relay)
+        smtp.ehlo()
+        smtp.mail("a@x")
+        smtp.rcpt("b@x")
+        smtp.putcmd("data")
+        assert smtp.getreply()[0] == 354
+        smtp.send(b"Subject: partial\r\n\r\n" + b"y" * 78 + b"\r\n" * 1000)
+        smtp.close()  # gone without the final dot
+        assert upstream.done.wait(WAIT)
+    # The upstream server saw its client (the relay) vanish mid-message too.
+    [outcome] = upstream.outcomes
+    assert isinstance(outcome, MessageAborted)
+    assert upstream.digests == []
