@@ -555,8 +555,9 @@ class Maildir:
                 if size >= write_size:
                     data = batch[0] if len(batch) == 1 else EMPTYBYTES.join(batch)
                     batch, size = [], 0
-                    # While this runs the server reads no more of the
-                    # message: the client waits instead of memory growing.
+                    # While this runs no chunk is taken; once its small
+                    # queue is full the server stops reading, and the client
+                    # waits instead of memory growing.
                     await _in_thread(delivery.write, data)
             if batch:
                 await _in_thread(delivery.write, EMPTYBYTES.join(batch))
