@@ -32,6 +32,7 @@ from aiosmtpd._inline import (
     Run,
     engine_class,
 )
+from aiosmtpd._receiver import TOO_LONG, Receiver
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import Session
@@ -50,11 +51,6 @@ def _read_buffer() -> memoryview:
         view = _thread_local.read_buffer = memoryview(bytearray(_READ_SIZE))
         return view
 
-
-# Stop reading from a client whose unprocessed commands pile up past this,
-# or, in a message, whose bytes do (a slow stream hook: backpressure).
-_MAX_COMMAND_BUFFER = 64 * 1024
-_MAX_MESSAGE_BUFFER = 1024 * 1024
 
 # Fairness: at most this many command lines of one connection are answered
 # per event-loop callback; the rest wait for a later turn of the loop, so a
@@ -82,10 +78,9 @@ class CommandLoopMixin:
         command_size_limits: Any
         line_length_limit: int
         __ident__: str
-        _buf: bytearray
+        _receiver: Receiver
         _waiter: Optional[asyncio.Future[None]]
         _reading_paused: bool
-        _in_data: bool
         _handler_coroutine: Optional[asyncio.Task[None]]
         _inline: bool
         _run: Run
@@ -142,10 +137,8 @@ class CommandLoopMixin:
         self._received(data)
 
     def _received(self, data: Union[bytes, memoryview]) -> None:
-        if self._linger is not None:
+        if not self._receiver.feed(data):
             return  # said goodbye: what the client still sends is dropped
-        buf = self._buf
-        buf += data
         run = self._run
         if run is SUSPENDED:
             # A command run inline waits for these bytes (in DATA, say).
@@ -162,11 +155,7 @@ class CommandLoopMixin:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if (
-            len(buf) > (_MAX_MESSAGE_BUFFER if self._in_data else _MAX_COMMAND_BUFFER)
-            and not self._reading_paused
-            and self.transport is not None
-        ):
+        if not self._reading_paused and self._receiver.backlog() and self.transport is not None:
             # The client sends faster than we answer or take its bytes.
             self._reading_paused = True
             self.transport.pause_reading()  # type: ignore[attr-defined]
@@ -195,25 +184,13 @@ class CommandLoopMixin:
         """Return the next LF-terminated line, or None if it was longer than
         ``limit`` (default: ``line_length_limit``) and has been discarded up
         to and including its LF."""
-        buf = self._buf
+        receiver = self._receiver
         if limit is None:
             limit = self.line_length_limit
         while True:
-            i = buf.find(b"\n", 0, limit + 1)
-            if i >= 0:
-                line = bytes(buf[: i + 1])
-                del buf[: i + 1]
-                return line
-            if len(buf) > limit:
-                break
-            await self._wait_for_data()
-        # Over-long line: drop it, however long it is, without keeping it.
-        while True:
-            i = buf.find(b"\n")
-            if i >= 0:
-                del buf[: i + 1]
-                return None
-            buf.clear()
+            line = receiver.line(limit)
+            if line is not None:
+                return None if line is TOO_LONG else line  # type: ignore[return-value]
             await self._wait_for_data()
 
     async def _handle_client(self) -> None:
@@ -256,12 +233,11 @@ class CommandLoopMixin:
         When commands may run inline, the Task ends as soon as no complete
         command line is waiting: ``data_received`` serves what follows.
         """
-        buf = self._buf
+        receiver = self._receiver
         turn = LINES_PER_TURN
         while self.transport is not None and not self.transport.is_closing():
             if self._inline:
-                limit = self.line_length_limit
-                if buf.find(b"\n", 0, limit + 1) < 0 and len(buf) <= limit:
+                if not receiver.has_line(self.line_length_limit):
                     self._to(IDLE)
                     self._resume_reading()  # paused if commands piled up meanwhile
                     return
@@ -359,7 +335,7 @@ class CommandLoopMixin:
 
     def _answer_lines(self) -> None:
         """_pump's loop."""
-        buf = self._buf
+        receiver = self._receiver
         limit = self.line_length_limit
         turn = LINES_PER_TURN
         while self._run is IDLE:
@@ -367,32 +343,26 @@ class CommandLoopMixin:
             if transport is None or transport.is_closing():
                 self._to(CLOSED)
                 return
-            i = buf.find(b"\n", 0, limit + 1)
-            if i < 0:
-                if len(buf) > limit:
-                    # Too long: the Task's _readline drops it as it arrives.
-                    self._to(TASK)
-                    self._handler_coroutine = self.loop.create_task(self._continue())
-                elif self._reading_paused:
-                    self._resume_reading()
-                return
-            if turn == 0:
+            if turn == 0 and receiver.has_line(limit):
                 # Bytes arriving before the next turn are only buffered (and
                 # reading pauses if they pile up).
                 self._to(NEXT_TURN)
-                if len(buf) > _MAX_COMMAND_BUFFER and not self._reading_paused:
+                if receiver.backlog() and not self._reading_paused:
                     self._reading_paused = True
                     transport.pause_reading()  # type: ignore[attr-defined]
                 self._turn = self.loop.call_soon(self._next_turn)
                 return
+            line = receiver.line(limit)
+            if line is None:
+                if self._reading_paused:
+                    self._resume_reading()
+                return
             turn -= 1
-            line = bytes(buf[: i + 1])
-            del buf[: i + 1]
-            if self._cork is None and buf.find(b"\n", 0, limit + 1) >= 0:
+            if self._cork is None and receiver.has_line(limit):
                 # Pipelined: more lines wait behind this one.  Their replies
                 # go out together when no complete line is left (_flush).
                 self._cork = []
-            self._drive(self._process_line(line))
+            self._drive(self._process_line(None if line is TOO_LONG else line))  # type: ignore[arg-type]
 
     def _next_turn(self) -> None:
         """Go on answering the lines _pump left for this turn of the loop."""

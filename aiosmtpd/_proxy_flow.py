@@ -41,7 +41,7 @@ async def accept_proxy_header(server: SMTP) -> bool:
     peer = session.peer
     server._set_timeout(server._proxy_timeout)
     log.debug("%r waiting PROXY handshake", peer)
-    buf = server._buf
+    buf = server._receiver.buf
     while True:
         scan = scan_proxy_header(buf)
         if scan.data is not None:

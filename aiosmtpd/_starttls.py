@@ -13,6 +13,7 @@ from aiosmtpd._hooks import syntax
 from aiosmtpd._inline import engine_class
 
 if TYPE_CHECKING:  # pragma: no cover
+    from aiosmtpd._receiver import Receiver
     from aiosmtpd.smtp import Envelope, Session
 
 
@@ -82,7 +83,7 @@ class StartTLSMixin:
         session: Optional[Session]
         envelope: Optional[Envelope]
         tls_context: Optional[ssl.SSLContext]
-        _buf: bytearray
+        _receiver: Receiver
         _reading_paused: bool
         @property
         def _tls_active(self) -> bool: ...
@@ -116,7 +117,7 @@ class StartTLSMixin:
         transport.pause_reading()
         # RFC 3207 section 6: plaintext pipelined after STARTTLS is discarded,
         # never executed (the CVE-2024-34083 class).
-        self._buf.clear()
+        self._receiver.discard()
         await self.push(self._code("220 Ready to start TLS", "2.0.0"))
         try:
             tls_transport = await self.loop.start_tls(
@@ -136,7 +137,7 @@ class StartTLSMixin:
             raise TLSSetupException("Unable to set up TLS") from error
         if tls_transport is None:  # pragma: no cover - start_tls returns one
             raise TLSSetupException("Unable to set up TLS")
-        # Not clearing _buf again here: it can only hold data decrypted by
+        # Not clearing the receiver again here: it can only hold data decrypted by
         # the TLS layer, and a TLS 1.3 client may already have sent its
         # first command along with its Finished message.
         if self._reading_paused:

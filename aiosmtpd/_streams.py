@@ -39,7 +39,7 @@ class StreamReaderView:
         self._eof = False
 
     def __repr__(self) -> str:
-        return f"<StreamReaderView buffered={len(self._server._buf)} eof={self._eof}>"
+        return f"<StreamReaderView buffered={len(self._server._receiver.buf)} eof={self._eof}>"
 
     # -- What the connection tells the view ------------------------------------------
 
@@ -51,7 +51,7 @@ class StreamReaderView:
         return None
 
     def at_eof(self) -> bool:
-        return self._eof and not self._server._buf
+        return self._eof and not self._server._receiver.buf
 
     async def _wait(self, caller: str) -> None:
         server = self._server
@@ -75,7 +75,7 @@ class StreamReaderView:
         except asyncio.IncompleteReadError as error:
             return error.partial
         except asyncio.LimitOverrunError as error:
-            buf = self._server._buf
+            buf = self._server._receiver.buf
             if buf.startswith(b"\n", error.consumed):
                 del buf[: error.consumed + 1]
             else:
@@ -85,7 +85,7 @@ class StreamReaderView:
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         if not separator:
             raise ValueError("Separator should be at least one-byte string")
-        buf = self._server._buf
+        buf = self._server._receiver.buf
         seplen = len(separator)
         offset = 0
         while True:
@@ -114,7 +114,7 @@ class StreamReaderView:
     async def readexactly(self, n: int) -> bytes:
         if n < 0:
             raise ValueError("readexactly size can not be less than zero")
-        buf = self._server._buf
+        buf = self._server._receiver.buf
         while len(buf) < n:
             if self._eof:
                 chunk = bytes(buf)
@@ -128,7 +128,7 @@ class StreamReaderView:
     async def read(self, n: int = -1) -> bytes:
         if n == 0:
             return b""
-        buf = self._server._buf
+        buf = self._server._receiver.buf
         if n < 0:
             while not self._eof:
                 await self._wait("read")

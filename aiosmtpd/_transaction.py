@@ -27,6 +27,7 @@ from aiosmtpd._message_body import (
     TRANSACTION_RESET,
     Incoming,
 )
+from aiosmtpd._receiver import Receiver
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.metrics import Metrics
@@ -74,8 +75,7 @@ class TransactionMixin:
         _strict_line_endings: bool
         _max_recipients: Optional[int]
         _handle_hooks: dict[str, Callable[..., Any]]
-        _buf: bytearray
-        _in_data: bool
+        _receiver: Receiver
         _run: Run
         _inline: bool
         _data_timeout: Optional[float]
@@ -443,39 +443,36 @@ class TransactionMixin:
         return True
 
     def _message_begins(self) -> Optional[asyncio.TimerHandle]:
-        """Message bytes come now (DATA or a BDAT chunk): read them all,
-        whatever the backlog, within data_timeout; returns its timer."""
-        self._in_data = True
+        """Message bytes come now (the receiver is in the message phase):
+        read them, whatever the command backlog, within data_timeout;
+        returns its timer."""
         self._resume_reading()
         if self._data_timeout is None:
             return None
         return self.loop.call_later(self._data_timeout, self._data_expired)
 
     def _message_ends(self, deadline: Optional[asyncio.TimerHandle]) -> None:
-        self._in_data = False
+        self._receiver.end()  # back to commands if the message was cut short
         if deadline is not None:
             deadline.cancel()
 
     async def _read_chunk(self, size: int, into: Optional[Incoming]) -> None:
         """Take the next ``size`` bytes the client sends, and hand them to
         ``into`` as they come (None: drop them)."""
-        buf = self._buf
+        receiver = self._receiver
+        receiver.begin_chunk(size)
         deadline = self._message_begins()
         try:
-            remaining = size
-            while remaining:
-                if not buf:
+            while receiver.chunk_left():
+                piece = receiver.chunk(keep=into is not None)
+                if piece is None:
                     await self._wait_for_data()
                     continue
-                take = min(remaining, len(buf))
-                room = None
-                if into is not None:
-                    room = into.add(bytes(memoryview(buf)[:take]))
-                del buf[:take]
-                remaining -= take
                 self._reset_timeout()  # a client that keeps sending is not idle
-                if room is not None:
-                    await room  # a stream hook is slow: so is this client
+                if into is not None:
+                    room = into.add(piece)
+                    if room is not None:
+                        await room  # a stream hook is slow: so is this client
         finally:
             self._message_ends(deadline)
 
@@ -561,36 +558,28 @@ class TransactionMixin:
         keep = incoming.pieces is not None or incoming.body is not None
         reader = DataReader(self.data_size_limit, self.line_length_limit, keep=keep)
         pieces = reader.pieces
-        buf = self._buf
+        receiver = self._receiver
+        receiver.begin_message(reader)
         deadline = self._message_begins()
         try:
-            # What the previous wake-up had seen: the DATA command itself
-            # restarted the timer for anything already buffered.
-            seen = len(buf)
             while True:
-                size = len(buf)
-                consumed = reader.feed(buf)
+                done, active = receiver.message()
                 room = None
                 if pieces:
                     for piece in pieces:
                         room = incoming.add(piece) or room
                     pieces.clear()
-                if consumed is not None:
+                if done:
                     if room is not None:
                         await room
-                    del buf[:consumed]
                     return reader
-                seen -= size - len(buf)  # feed() takes bytes from the front
                 # Deviation (CHANGES.rst): a client that keeps completing
-                # lines is not idle.  Only a CRLF received since the last
-                # wake-up counts, and data already rejected earns no time.
-                if reader.error is None and buf.find(b"\r\n", max(0, seen - 1)) >= 0:
+                # lines is not idle (the receiver tells).
+                if active:
                     self._reset_timeout()
-                seen = len(buf)
                 if room is not None:
                     await room  # a stream hook is slow: so is this client
-                    if len(buf) > seen:
-                        continue  # arrived meanwhile
+                    continue  # with what arrived meanwhile
                 await self._wait_for_data()
         finally:
             self._message_ends(deadline)

@@ -87,6 +87,7 @@ from aiosmtpd._message_body import (
 from aiosmtpd._message_body import MessageAborted as MessageAborted
 from aiosmtpd._message_body import MessageBody as MessageBody
 from aiosmtpd._proxy_flow import checked_proxy_timeout
+from aiosmtpd._receiver import Receiver
 from aiosmtpd._sasl import CramMD5Response as CramMD5Response
 from aiosmtpd._sasl import OAuthBearerCredentials as OAuthBearerCredentials
 from aiosmtpd._sasl import XOAuth2Credentials as XOAuth2Credentials
@@ -240,7 +241,7 @@ class SMTP(
         "_timeout_duration",
         "_timeout_handle", "_last_activity", "_proxy_timeout", "_handle_hooks",
         "_ehlo_hook_ver", "_call_limit_base", "_call_limit_default", "_smtp_commands",
-        "_buf", "_waiter", "_reading_paused", "_in_data", "_handler_coroutine",
+        "_receiver", "_waiter", "_reading_paused", "_handler_coroutine",
         "_original_transport", "_tls_protocol", "_tls_handshake_okay",
         "_reader_view", "_writer_view",
         "_auth_required", "_auth_require_tls", "_auth_failure_limit", "_auth_failures",
@@ -387,10 +388,10 @@ class SMTP(
         self.transport: Optional[asyncio.BaseTransport] = None
         self.session: Optional[Session] = None
         self.envelope: Optional[Envelope] = None
-        self._buf = bytearray()
+        # The received bytes, and what they are now (_receiver.py).
+        self._receiver = Receiver()
         self._waiter: Optional[asyncio.Future[None]] = None
         self._reading_paused = False
-        self._in_data = False
         self._handler_coroutine: Optional[asyncio.Task[None]] = None
         # Commands run inside data_received when the class allows it (see
         # _pump); _run says who serves the commands now, _suspended holds the
@@ -680,7 +681,7 @@ class SMTP(
         # DATA, always has input on its way).  So: our side ends (FIN after
         # the reply), what the client still sends is read and dropped, and
         # the connection closes when the client closes, or after LINGER_SECONDS.
-        self._buf.clear()
+        self._receiver.close()
         transport.write_eof()
         self._linger = self.loop.call_later(LINGER_SECONDS, transport.close)
         if self._reading_paused:

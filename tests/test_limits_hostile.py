@@ -36,7 +36,7 @@ class Watched(SMTP):
         self.peak_tx = 0
 
     def _note(self) -> None:
-        self.peak_rx = max(self.peak_rx, len(self._buf))
+        self.peak_rx = max(self.peak_rx, len(self._receiver.buf))
         if self.transport is not None:
             size = self.transport.get_write_buffer_size()  # type: ignore[attr-defined]
             self.peak_tx = max(self.peak_tx, size)

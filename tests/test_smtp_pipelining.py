@@ -120,4 +120,4 @@ def test_starttls_discards_what_follows_in_the_group(
         assert c.text() == "220 Ready to start TLS"
         # The NOOP was not answered in plain text: the server waits for a
         # TLS handshake (RFC 3207 section 6).
-        assert wait_for(lambda: not server.last._buf, lt)
+        assert wait_for(lambda: not server.last._receiver.buf, lt)

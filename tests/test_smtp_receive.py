@@ -115,7 +115,7 @@ class BufferWatch(SMTP):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        self.most = max(self.most, len(self._buf))
+        self.most = max(self.most, len(self._receiver.buf))
 
 
 @pytest.mark.engine("inline")  # in a Task, a subclass could see it

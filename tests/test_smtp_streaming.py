@@ -51,7 +51,8 @@ class Streamer:
                 self.started.set()
                 self.chunks += 1
                 parts.append(chunk)
-                self.most_buffered = max(self.most_buffered, len(server._buf) + body._queued)
+                buffered = len(server._receiver.buf) + body._queued
+                self.most_buffered = max(self.most_buffered, buffered)
                 if self.pause:
                     await asyncio.sleep(self.pause)  # a slow handler, not a wait for anything
         except MessageAborted as aborted:
@@ -274,7 +275,7 @@ def test_a_gibibyte_streams_in_bounded_memory(start: ServerFactory) -> None:
                 state["size"] += len(chunk)
                 state["crc"] = zlib.crc32(chunk, state["crc"])
                 state["largest"] = max(state["largest"], len(chunk))
-                state["buffered"] = max(state["buffered"], len(server._buf) + body._queued)
+                state["buffered"] = max(state["buffered"], len(server._receiver.buf) + body._queued)
             return "250 OK"
 
     block = (b"z" * 998 + b"\r\n") * 1024  # about 1 MiB of 1000-byte lines
