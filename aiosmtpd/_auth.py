@@ -1,7 +1,7 @@
 """AUTH: result types, the mechanism registry, the built-in mechanisms, log redaction.
 
-``SMTP`` inherits :class:`AuthMixin`, which also holds the ``AUTH`` command
-(``smtp_AUTH``).  PLAIN and LOGIN are always built in; CRAM-MD5, XOAUTH2 and
+The ``AUTH`` command (``smtp_AUTH``) and the mechanisms are methods of
+``SMTP`` written here, as functions of an ``SMTP`` (smtp.py lists them).  PLAIN and LOGIN are always built in; CRAM-MD5, XOAUTH2 and
 OAUTHBEARER only when ``auth_enable_mechanism`` names them (their message
 formats: ``_sasl.py``).  The pure pieces (base64 rules, redaction) have no I/O.
 """
@@ -29,7 +29,6 @@ import attr
 from aiosmtpd import metrics as _m
 from aiosmtpd._discovery import names_with_prefix
 from aiosmtpd._hooks import MISSING, _Missing, syntax
-from aiosmtpd._inline import engine_class
 from aiosmtpd._sasl import (
     MalformedResponse,
     OAuthBearerCredentials,
@@ -205,373 +204,370 @@ class ResponseTooLong(ValueError):
 ResponseTooLong.__name__ = ResponseTooLong.__qualname__ = "ValueError"
 
 
-@engine_class
-class AuthMixin:
-    """The AUTH state and mechanisms of an ``SMTP`` connection."""
+# The AUTH state and mechanisms of an ``SMTP`` connection.
 
-    if TYPE_CHECKING:  # pragma: no cover - provided by SMTP
-        event_handler: Any
-        hostname: str
-        line_length_limit: int
-        session: Optional[Session]
-        envelope: Optional[Envelope]
-        AuthLoginUsernameChallenge: str
-        AuthLoginPasswordChallenge: str
-        @property
-        def _tls_active(self) -> bool: ...
 
-        async def push(self, status: Union[str, bytes]) -> None: ...
-        def _count(self, index: int, amount: int = 1) -> None: ...
-        def _code(self, reply: str, enhanced: Optional[str]) -> str: ...
-        async def _readline(self, limit: Optional[int] = None) -> Optional[bytes]: ...
-        def _reset_timeout(self) -> None: ...
-        def _close(self) -> None: ...
-        async def check_helo_needed(self, helo: str = "HELO") -> bool: ...
-        async def _call_handler_hook(self, command: str, *args: Any) -> Any: ...
-
-    def _init_auth(
-        self,
-        handler: Any,
-        *,
-        auth_required: bool,
-        auth_require_tls: bool,
-        auth_exclude_mechanism: Optional[Iterable[str]],
-        auth_callback: Optional[AuthCallbackType],
-        authenticator: Optional[AuthenticatorType],
-        failure_limit: Optional[int] = None,
-        enable_mechanism: Union[str, Iterable[str], None] = None,
-    ) -> None:
-        if failure_limit is not None and (
-            not isinstance(failure_limit, int) or failure_limit < 1
-        ):
-            raise ValueError("auth_failure_limit must be None or a positive int")
-        # Failed attempts on this connection; past the limit AUTH gets 421.
-        self._auth_failure_limit = failure_limit
-        self._auth_failures = 0
-        if auth_required and not auth_require_tls:
-            warnings.warn(
-                "Requiring AUTH while not requiring TLS can lead to "
-                "security vulnerabilities!", stacklevel=3  # SMTP()'s caller
-            )
-            log.warning("auth_required == True but auth_require_tls == False")
-        self._auth_required = auth_required
-        self._auth_require_tls = auth_require_tls
-        self._authenticator = authenticator
-        self._auth_callback = auth_callback or login_always_fail
-        # Mechanism name -> (attribute name, is_builtin); the optional
-        # built-ins come first, then this class's auth_* methods, then the
-        # handler's, so that a handler's auth_PLAIN (or auth_CRAM__MD5)
-        # replaces the built-in one.  The names, not bound methods, are kept:
-        # equal registries are shared between connections.
-        registry: dict[str, tuple[str, bool]] = {
-            name: (OPTIONAL_MECHANISMS[name], True)
-            for name in optional_mechanisms(enable_mechanism)
-        }
-        for obj, builtin in ((self, True), (handler, False)):
-            for name in names_with_prefix(obj, "auth_"):
-                mechanism = getattr(getattr(obj, name), "__auth_mechanism_name__", None)
-                if mechanism is None:
-                    mechanism = name[5:].replace("__", "-")
-                registry[mechanism] = (name, builtin)
-        for mechanism in auth_exclude_mechanism or ():
-            registry.pop(mechanism, None)
-        key = tuple(registry.items())
-        shared = _registries.get(key)
-        if shared is None and len(_registries) < 256:
-            shared = _registries[key] = registry
-        self._auth_methods = shared if shared is not None else registry
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "Available AUTH mechanisms: %s",
-                " ".join(
-                    f"{m}(builtin)" if builtin else m
-                    for m, (_, builtin) in sorted(self._auth_methods.items())
-                ),
-            )
-
-    def _auth_method(self, mechanism: str) -> tuple[Callable[..., Awaitable[Any]], bool]:
-        name, builtin = self._auth_methods[mechanism]
-        return getattr(self if builtin else self.event_handler, name), builtin
-
-    def _auth_advertised(self) -> bool:
-        # Deviation (CHANGES.rst): no "250-AUTH " line with an empty registry.
-        return bool(self._auth_methods) and (
-            not self._auth_require_tls or self._tls_active
-        )
-
-    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
-        if self._authenticator is not None:
-            return self._authenticator(
-                self,  # type: ignore[arg-type]
-                self.session,  # type: ignore[arg-type]
-                self.envelope,  # type: ignore[arg-type]
-                mechanism,
-                auth_data,
-            )
-        if not isinstance(auth_data, LoginPassword):
-            # auth_callback only knows passwords: the optional mechanisms
-            # need an authenticator.
-            return AuthResult(success=False, handled=False)
-        if self._auth_callback(mechanism, *auth_data):
-            return AuthResult(success=True, handled=True, auth_data=auth_data)
-        return AuthResult(success=False, handled=False)
-
-    async def challenge_auth(
-        self,
-        challenge: Union[str, bytes],
-        encode_to_b64: bool = True,
-        log_client_response: bool = False,
-    ) -> Union[_Missing, bytes]:
-        """Send a ``334`` challenge; return the decoded response or MISSING."""
-        line = await self._exchange(challenge, encode_to_b64, self.line_length_limit)
-        if log_client_response:
-            warnings.warn("AUTH interaction logging is enabled!", stacklevel=2)
-            warnings.warn("Sensitive information might be leaked!", stacklevel=2)
-            log.debug("%r >> %r", self.session.peer if self.session else None, line)
-        return await self._decode_response(line)
-
-    async def _exchange(
-        self, challenge: Union[str, bytes], encode_to_b64: bool, limit: int
-    ) -> bytes:
-        """Send ``334 <challenge>`` and read the answer, up to ``limit`` bytes."""
-        peer = self.session.peer if self.session else None
-        if isinstance(challenge, str):
-            challenge = challenge.encode()
-        if encode_to_b64:
-            challenge = base64.b64encode(challenge)
-        log.debug("%r << challenge: %r", peer, challenge)
-        await self.push(b"334 " + challenge)
-        line = await self._readline(limit)
-        if line is None:
-            # The text asyncio's stream reader used in 1.4.6 (docs/decisions.rst,
-            # "An over-long AUTH response").
-            raise ResponseTooLong("Separator is found, but chunk is longer than limit")
-        # Deviation (CHANGES.rst): an answering client is not idle.
-        self._reset_timeout()
-        return line
-
-    async def _decode_response(self, line: bytes) -> Union[_Missing, bytes]:
-        """The decoded answer to a challenge, or MISSING after a 501 reply."""
-        peer = self.session.peer if self.session else None
-        blob = line.strip()
-        if blob == b"*":
-            log.warning("%r aborted AUTH with '*'", peer)
-            await self.push("501 5.7.0 Auth aborted")
-            return MISSING
-        try:
-            return decode_b64(blob)
-        except binascii.Error:
-            # Deviation (CHANGES.rst): the blob may be a mistyped secret.
-            log.debug("%r can't decode base64", peer)
-            await self.push("501 5.5.2 Can't decode base64")
-            return MISSING
-
-    async def _auth_interact(self, server_message: Union[str, bytes]) -> Union[_Missing, bytes]:
+def _init_auth(
+    self: SMTP,
+    handler: Any,
+    *,
+    auth_required: bool,
+    auth_require_tls: bool,
+    auth_exclude_mechanism: Optional[Iterable[str]],
+    auth_callback: Optional[AuthCallbackType],
+    authenticator: Optional[AuthenticatorType],
+    failure_limit: Optional[int] = None,
+    enable_mechanism: Union[str, Iterable[str], None] = None,
+) -> None:
+    if failure_limit is not None and (
+        not isinstance(failure_limit, int) or failure_limit < 1
+    ):
+        raise ValueError("auth_failure_limit must be None or a positive int")
+    # Failed attempts on this connection; past the limit AUTH gets 421.
+    self._auth_failure_limit = failure_limit
+    self._auth_failures = 0
+    if auth_required and not auth_require_tls:
         warnings.warn(
-            "_auth_interact will be deprecated in version 2.0. "
-            "Please use challenge_auth() instead.",
-            DeprecationWarning, stacklevel=2,
+            "Requiring AUTH while not requiring TLS can lead to "
+            "security vulnerabilities!", stacklevel=3  # SMTP()'s caller
         )
-        if isinstance(server_message, bytes):
-            server_message = server_message.decode()
-        if server_message.startswith("334 "):
-            server_message = server_message[4:]
-        return await self.challenge_auth(challenge=server_message, encode_to_b64=False)
+        log.warning("auth_required == True but auth_require_tls == False")
+    self._auth_required = auth_required
+    self._auth_require_tls = auth_require_tls
+    self._authenticator = authenticator
+    self._auth_callback = auth_callback or login_always_fail
+    # Mechanism name -> (attribute name, is_builtin); the optional
+    # built-ins come first, then this class's auth_* methods, then the
+    # handler's, so that a handler's auth_PLAIN (or auth_CRAM__MD5)
+    # replaces the built-in one.  The names, not bound methods, are kept:
+    # equal registries are shared between connections.
+    registry: dict[str, tuple[str, bool]] = {
+        name: (OPTIONAL_MECHANISMS[name], True)
+        for name in optional_mechanisms(enable_mechanism)
+    }
+    for obj, builtin in ((self, True), (handler, False)):
+        for name in names_with_prefix(obj, "auth_"):
+            mechanism = getattr(getattr(obj, name), "__auth_mechanism_name__", None)
+            if mechanism is None:
+                mechanism = name[5:].replace("__", "-")
+            registry[mechanism] = (name, builtin)
+    for mechanism in auth_exclude_mechanism or ():
+        registry.pop(mechanism, None)
+    key = tuple(registry.items())
+    shared = _registries.get(key)
+    if shared is None and len(_registries) < 256:
+        shared = _registries[key] = registry
+    self._auth_methods = shared if shared is not None else registry
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "Available AUTH mechanisms: %s",
+            " ".join(
+                f"{m}(builtin)" if builtin else m
+                for m, (_, builtin) in sorted(self._auth_methods.items())
+            ),
+        )
 
-    async def _decode_initial_response(self, blob: str) -> Union[_Missing, bytes]:
-        try:
-            return decode_b64(blob)
-        except binascii.Error:
-            await self.push("501 5.5.2 Can't decode base64")
-            return MISSING
 
-    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
-        if len(args) == 1:
-            response = await self.challenge_auth("")
-        else:
-            response = await self._decode_initial_response(args[1])
-        if response is MISSING:
-            return AuthResult(success=False)
-        assert isinstance(response, bytes)
-        parts = response.split(b"\x00")
-        if len(parts) != 3:
-            await self.push("501 5.5.2 Can't split auth value")
-            return AuthResult(success=False)
-        # The authorization identity (parts[0]) is ignored, as upstream.
-        return self._authenticate("PLAIN", LoginPassword(parts[1], parts[2]))
+def _auth_method(self: SMTP, mechanism: str) -> tuple[Callable[..., Awaitable[Any]], bool]:
+    name, builtin = self._auth_methods[mechanism]
+    return getattr(self if builtin else self.event_handler, name), builtin
 
-    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
-        if len(args) == 1:
-            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
-        else:
-            login = await self._decode_initial_response(args[1])
-        if login is MISSING:
-            return AuthResult(success=False)
-        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
-        if password is MISSING:
-            return AuthResult(success=False)
-        assert isinstance(login, bytes) and isinstance(password, bytes)
-        return self._authenticate("LOGIN", LoginPassword(login, password))
 
-    # -- The optional mechanisms (auth_enable_mechanism) -------------------------------
+def _auth_advertised(self: SMTP) -> bool:
+    # Deviation (CHANGES.rst): no "250-AUTH " line with an empty registry.
+    return bool(self._auth_methods) and (
+        not self._auth_require_tls or self._tls_active
+    )
 
-    async def _sasl_cram_md5(self, _: Any, args: list[str]) -> AuthResult:
-        """CRAM-MD5 (RFC 2195): one challenge, ``user SP hex-digest`` back."""
-        if len(args) > 1:
-            # RFC 4954 section 4: a server-first mechanism takes no initial
-            # response.
-            await self.push("501 5.5.2 Initial response not allowed")
-            return AuthResult(success=False)
-        challenge = cram_md5_challenge(self.hostname)
-        response = await self.challenge_auth(challenge)
-        if response is MISSING:
-            return AuthResult(success=False)
-        assert isinstance(response, bytes)
-        try:
-            credentials = parse_cram_md5(response, challenge)
-        except MalformedResponse:
-            await self.push("501 5.5.2 Can't split auth value")
-            return AuthResult(success=False)
-        return self._authenticate("CRAM-MD5", credentials)
 
-    async def _sasl_xoauth2(self, _: Any, args: list[str]) -> Any:
-        return await self._bearer_exchange("XOAUTH2", args, parse_xoauth2)
+def _authenticate(self: SMTP, mechanism: str, auth_data: Any) -> AuthResult:
+    if self._authenticator is not None:
+        return self._authenticator(
+            self,
+            self.session,  # type: ignore[arg-type]
+            self.envelope,  # type: ignore[arg-type]
+            mechanism,
+            auth_data,
+        )
+    if not isinstance(auth_data, LoginPassword):
+        # auth_callback only knows passwords: the optional mechanisms
+        # need an authenticator.
+        return AuthResult(success=False, handled=False)
+    if self._auth_callback(mechanism, *auth_data):
+        return AuthResult(success=True, handled=True, auth_data=auth_data)
+    return AuthResult(success=False, handled=False)
 
-    async def _sasl_oauthbearer(self, _: Any, args: list[str]) -> Any:
-        return await self._bearer_exchange("OAUTHBEARER", args, parse_oauthbearer)
 
-    async def _bearer_exchange(
-        self,
-        mechanism: str,
-        args: list[str],
-        parse: Callable[[bytes], Union[XOAuth2Credentials, OAuthBearerCredentials]],
-    ) -> Any:
-        """XOAUTH2 and OAUTHBEARER: the client sends its token first (initial
-        response, or the answer to an empty ``334``); on failure the server
-        sends an error challenge (``334 <base64 JSON>``), the client answers
-        (XOAUTH2: an empty line, OAUTHBEARER: ``^A``), then ``535``."""
-        if len(args) == 1:
-            line = await self._exchange(b"", False, BEARER_LINE_LIMIT)
-            response = await self._decode_response(line)
-        else:
-            response = await self._decode_initial_response(args[1])
-        if response is MISSING:
-            return AuthResult(success=False)
-        assert isinstance(response, bytes)
-        try:
-            credentials = parse(response)
-        except MalformedResponse:
-            await self.push("501 5.5.2 Can't split auth value")
-            return AuthResult(success=False)
-        result = self._authenticate(mechanism, credentials)
-        if isinstance(result, AuthResult):
-            failed = not result.success and not result.handled
-        else:
-            failed = result is False or result is MISSING
-        if not failed:
-            return result
-        status = getattr(result, "auth_data", None)
-        if not (isinstance(status, dict) and status):
-            status = DEFAULT_ERROR_STATUS[mechanism]
-        line = await self._exchange(error_status(status), True, BEARER_LINE_LIMIT)
-        if await self._decode_response(line) is MISSING:
-            # "*" or bad base64: already answered with 501.
-            return AuthResult(success=False)
+async def challenge_auth(
+    self: SMTP,
+    challenge: Union[str, bytes],
+    encode_to_b64: bool = True,
+    log_client_response: bool = False,
+) -> Union[_Missing, bytes]:
+    """Send a ``334`` challenge; return the decoded response or MISSING."""
+    line = await self._exchange(challenge, encode_to_b64, self.line_length_limit)
+    if log_client_response:
+        warnings.warn("AUTH interaction logging is enabled!", stacklevel=2)
+        warnings.warn("Sensitive information might be leaked!", stacklevel=2)
+        log.debug("%r >> %r", self.session.peer if self.session else None, line)
+    return await self._decode_response(line)
+
+
+async def _exchange(
+    self: SMTP, challenge: Union[str, bytes], encode_to_b64: bool, limit: int
+) -> bytes:
+    """Send ``334 <challenge>`` and read the answer, up to ``limit`` bytes."""
+    peer = self.session.peer if self.session else None
+    if isinstance(challenge, str):
+        challenge = challenge.encode()
+    if encode_to_b64:
+        challenge = base64.b64encode(challenge)
+    log.debug("%r << challenge: %r", peer, challenge)
+    await self.push(b"334 " + challenge)
+    line = await self._readline(limit)
+    if line is None:
+        # The text asyncio's stream reader used in 1.4.6 (docs/decisions.rst,
+        # "An over-long AUTH response").
+        raise ResponseTooLong("Separator is found, but chunk is longer than limit")
+    # Deviation (CHANGES.rst): an answering client is not idle.
+    self._reset_timeout()
+    return line
+
+
+async def _decode_response(self: SMTP, line: bytes) -> Union[_Missing, bytes]:
+    """The decoded answer to a challenge, or MISSING after a 501 reply."""
+    peer = self.session.peer if self.session else None
+    blob = line.strip()
+    if blob == b"*":
+        log.warning("%r aborted AUTH with '*'", peer)
+        await self.push("501 5.7.0 Auth aborted")
+        return MISSING
+    try:
+        return decode_b64(blob)
+    except binascii.Error:
+        # Deviation (CHANGES.rst): the blob may be a mistyped secret.
+        log.debug("%r can't decode base64", peer)
+        await self.push("501 5.5.2 Can't decode base64")
+        return MISSING
+
+
+async def _auth_interact(self: SMTP, server_message: Union[str, bytes]) -> Union[_Missing, bytes]:
+    warnings.warn(
+        "_auth_interact will be deprecated in version 2.0. "
+        "Please use challenge_auth() instead.",
+        DeprecationWarning, stacklevel=2,
+    )
+    if isinstance(server_message, bytes):
+        server_message = server_message.decode()
+    if server_message.startswith("334 "):
+        server_message = server_message[4:]
+    return await self.challenge_auth(challenge=server_message, encode_to_b64=False)
+
+
+async def _decode_initial_response(self: SMTP, blob: str) -> Union[_Missing, bytes]:
+    try:
+        return decode_b64(blob)
+    except binascii.Error:
+        await self.push("501 5.5.2 Can't decode base64")
+        return MISSING
+
+
+async def auth_PLAIN(self: SMTP, _: Any, args: list[str]) -> AuthResult:
+    if len(args) == 1:
+        response = await self.challenge_auth("")
+    else:
+        response = await self._decode_initial_response(args[1])
+    if response is MISSING:
+        return AuthResult(success=False)
+    assert isinstance(response, bytes)
+    parts = response.split(b"\x00")
+    if len(parts) != 3:
+        await self.push("501 5.5.2 Can't split auth value")
+        return AuthResult(success=False)
+    # The authorization identity (parts[0]) is ignored, as upstream.
+    return self._authenticate("PLAIN", LoginPassword(parts[1], parts[2]))
+
+
+async def auth_LOGIN(self: SMTP, _: Any, args: list[str]) -> AuthResult:
+    if len(args) == 1:
+        login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+    else:
+        login = await self._decode_initial_response(args[1])
+    if login is MISSING:
+        return AuthResult(success=False)
+    password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+    if password is MISSING:
+        return AuthResult(success=False)
+    assert isinstance(login, bytes) and isinstance(password, bytes)
+    return self._authenticate("LOGIN", LoginPassword(login, password))
+
+# -- The optional mechanisms (auth_enable_mechanism) -------------------------------
+
+
+async def _sasl_cram_md5(self: SMTP, _: Any, args: list[str]) -> AuthResult:
+    """CRAM-MD5 (RFC 2195): one challenge, ``user SP hex-digest`` back."""
+    if len(args) > 1:
+        # RFC 4954 section 4: a server-first mechanism takes no initial
+        # response.
+        await self.push("501 5.5.2 Initial response not allowed")
+        return AuthResult(success=False)
+    challenge = cram_md5_challenge(self.hostname)
+    response = await self.challenge_auth(challenge)
+    if response is MISSING:
+        return AuthResult(success=False)
+    assert isinstance(response, bytes)
+    try:
+        credentials = parse_cram_md5(response, challenge)
+    except MalformedResponse:
+        await self.push("501 5.5.2 Can't split auth value")
+        return AuthResult(success=False)
+    return self._authenticate("CRAM-MD5", credentials)
+
+
+async def _sasl_xoauth2(self: SMTP, _: Any, args: list[str]) -> Any:
+    return await self._bearer_exchange("XOAUTH2", args, parse_xoauth2)
+
+
+async def _sasl_oauthbearer(self: SMTP, _: Any, args: list[str]) -> Any:
+    return await self._bearer_exchange("OAUTHBEARER", args, parse_oauthbearer)
+
+
+async def _bearer_exchange(
+    self: SMTP,
+    mechanism: str,
+    args: list[str],
+    parse: Callable[[bytes], Union[XOAuth2Credentials, OAuthBearerCredentials]],
+) -> Any:
+    """XOAUTH2 and OAUTHBEARER: the client sends its token first (initial
+    response, or the answer to an empty ``334``); on failure the server
+    sends an error challenge (``334 <base64 JSON>``), the client answers
+    (XOAUTH2: an empty line, OAUTHBEARER: ``^A``), then ``535``."""
+    if len(args) == 1:
+        line = await self._exchange(b"", False, BEARER_LINE_LIMIT)
+        response = await self._decode_response(line)
+    else:
+        response = await self._decode_initial_response(args[1])
+    if response is MISSING:
+        return AuthResult(success=False)
+    assert isinstance(response, bytes)
+    try:
+        credentials = parse(response)
+    except MalformedResponse:
+        await self.push("501 5.5.2 Can't split auth value")
+        return AuthResult(success=False)
+    result = self._authenticate(mechanism, credentials)
+    if isinstance(result, AuthResult):
+        failed = not result.success and not result.handled
+    else:
+        failed = result is False or result is MISSING
+    if not failed:
         return result
+    status = getattr(result, "auth_data", None)
+    if not (isinstance(status, dict) and status):
+        status = DEFAULT_ERROR_STATUS[mechanism]
+    line = await self._exchange(error_status(status), True, BEARER_LINE_LIMIT)
+    if await self._decode_response(line) is MISSING:
+        # "*" or bad base64: already answered with 501.
+        return AuthResult(success=False)
+    return result
 
-    @syntax("AUTH <mechanism>")
-    async def smtp_AUTH(self, arg: Optional[str]) -> None:
-        if await self.check_helo_needed("EHLO"):
-            return
-        assert self.session is not None and self.envelope is not None
-        if not self.session.extended_smtp:
-            await self.push(self._code("500 Error: command 'AUTH' not recognized", "5.5.2"))
-            return
-        if self._auth_require_tls and not self._tls_active:
-            await self.push(
-                "538 5.7.11 Encryption required for requested authentication mechanism"
-            )
-            return
-        if self.session.authenticated:
-            await self.push(self._code("503 Already authenticated", "5.5.1"))
-            return
-        limit = self._auth_failure_limit
-        if limit is not None and self._auth_failures >= limit:
-            log.warning("%r too many failed AUTH attempts", self.session.peer)
-            await self.push("421 4.7.0 Too many failed authentication attempts, goodbye.")
-            self._close()
-            return
-        if self.envelope.mail_from:
-            # Deviation (CHANGES.rst): RFC 4954 forbids AUTH in a transaction.
-            await self.push("503 5.5.1 Error: MAIL transaction in progress")
-            return
-        # str.split() also splits on "\x1c".."\x1f" and Unicode spaces, which
-        # the command line's bytes.strip() left in place: "AUTH \x1c" is
-        # no mechanism either (it raised IndexError).
-        args = arg.split() if arg else []
-        if not args:
-            await self.push(self._code("501 Not enough value", "5.5.4"))
-            return
-        if len(args) > 2:
-            await self.push(self._code("501 Too many values", "5.5.4"))
-            return
-        mechanism = self._find_mechanism(args[0])
-        if mechanism is None:
-            await self.push("504 5.5.4 Unrecognized authentication type")
-            return
-        args[0] = mechanism
-        status = await self._call_handler_hook("AUTH", args)
-        if status is not MISSING:
-            if status is not None:
-                await self.push(status)
-            return
-        method, is_builtin = self._auth_method(mechanism)
-        log.debug(
-            "Using %s auth_ hook for %r", "builtin" if is_builtin else "handler", mechanism
+
+@syntax("AUTH <mechanism>")
+async def smtp_AUTH(self: SMTP, arg: Optional[str]) -> None:
+    if await self.check_helo_needed("EHLO"):
+        return
+    assert self.session is not None and self.envelope is not None
+    if not self.session.extended_smtp:
+        await self.push(self._code("500 Error: command 'AUTH' not recognized", "5.5.2"))
+        return
+    if self._auth_require_tls and not self._tls_active:
+        await self.push(
+            "538 5.7.11 Encryption required for requested authentication mechanism"
         )
-        result = await method(self, args)
-        log.debug("auth_%s returned %r", mechanism, result)
-        await self._apply_auth_result(result)
+        return
+    if self.session.authenticated:
+        await self.push(self._code("503 Already authenticated", "5.5.1"))
+        return
+    limit = self._auth_failure_limit
+    if limit is not None and self._auth_failures >= limit:
+        log.warning("%r too many failed AUTH attempts", self.session.peer)
+        await self.push("421 4.7.0 Too many failed authentication attempts, goodbye.")
+        self._close()
+        return
+    if self.envelope.mail_from:
+        # Deviation (CHANGES.rst): RFC 4954 forbids AUTH in a transaction.
+        await self.push("503 5.5.1 Error: MAIL transaction in progress")
+        return
+    # str.split() also splits on "\x1c".."\x1f" and Unicode spaces, which
+    # the command line's bytes.strip() left in place: "AUTH \x1c" is
+    # no mechanism either (it raised IndexError).
+    args = arg.split() if arg else []
+    if not args:
+        await self.push(self._code("501 Not enough value", "5.5.4"))
+        return
+    if len(args) > 2:
+        await self.push(self._code("501 Too many values", "5.5.4"))
+        return
+    mechanism = self._find_mechanism(args[0])
+    if mechanism is None:
+        await self.push("504 5.5.4 Unrecognized authentication type")
+        return
+    args[0] = mechanism
+    status = await self._call_handler_hook("AUTH", args)
+    if status is not MISSING:
+        if status is not None:
+            await self.push(status)
+        return
+    method, is_builtin = self._auth_method(mechanism)
+    log.debug(
+        "Using %s auth_ hook for %r", "builtin" if is_builtin else "handler", mechanism
+    )
+    result = await method(self, args)
+    log.debug("auth_%s returned %r", mechanism, result)
+    await self._apply_auth_result(result)
 
-    def _auth_failed(self) -> None:
-        self._auth_failures += 1
-        self._count(_m.AUTH_FAILURES)
 
-    def _find_mechanism(self, name: str) -> Optional[str]:
-        # Deviation (CHANGES.rst): SASL names are case-insensitive; the
-        # registry's spelling is what handlers and mechanisms see.
-        if name in self._auth_methods:
-            return name
-        upper = name.upper()
-        for known in self._auth_methods:
-            if known.upper() == upper:
-                return known
-        return None
+def _auth_failed(self: SMTP) -> None:
+    self._auth_failures += 1
+    self._count(_m.AUTH_FAILURES)
 
-    async def _apply_auth_result(self, result: Any) -> None:
-        assert self.session is not None
-        session = self.session
-        if isinstance(result, AuthResult):
-            if result.success:
-                session.authenticated = True
-                session.auth_data = result.auth_data
-                session.login_data = getattr(result.auth_data, "login", None)
-                await self.push(result.message or "235 2.7.0 Authentication successful")
-            else:
-                self._auth_failed()
-                if not result.handled:
-                    await self.push(
-                        result.message or "535 5.7.8 Authentication credentials invalid"
-                    )
-        elif result is None:
-            pass  # legacy: the mechanism has replied already
-        elif result is MISSING or result is False:
-            self._auth_failed()
-            await self.push("535 5.7.8 Authentication credentials invalid")
-        else:
-            # Legacy "identity" result; upstream forgot to mark the session
-            # authenticated (a deviation listed in CHANGES.rst).
-            session.login_data = result
+
+def _find_mechanism(self: SMTP, name: str) -> Optional[str]:
+    # Deviation (CHANGES.rst): SASL names are case-insensitive; the
+    # registry's spelling is what handlers and mechanisms see.
+    if name in self._auth_methods:
+        return name
+    upper = name.upper()
+    for known in self._auth_methods:
+        if known.upper() == upper:
+            return known
+    return None
+
+
+async def _apply_auth_result(self: SMTP, result: Any) -> None:
+    assert self.session is not None
+    session = self.session
+    if isinstance(result, AuthResult):
+        if result.success:
             session.authenticated = True
-            session.auth_data = result
-            await self.push("235 2.7.0 Authentication successful")
+            session.auth_data = result.auth_data
+            session.login_data = getattr(result.auth_data, "login", None)
+            await self.push(result.message or "235 2.7.0 Authentication successful")
+        else:
+            self._auth_failed()
+            if not result.handled:
+                await self.push(
+                    result.message or "535 5.7.8 Authentication credentials invalid"
+                )
+    elif result is None:
+        pass  # legacy: the mechanism has replied already
+    elif result is MISSING or result is False:
+        self._auth_failed()
+        await self.push("535 5.7.8 Authentication credentials invalid")
+    else:
+        # Legacy "identity" result; upstream forgot to mark the session
+        # authenticated (a deviation listed in CHANGES.rst).
+        session.login_data = result
+        session.authenticated = True
+        session.auth_data = result
+        await self.push("235 2.7.0 Authentication successful")

@@ -6,15 +6,13 @@ import asyncio
 import inspect
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union, cast
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 from aiosmtpd import metrics as _m
 from aiosmtpd._hooks import syntax
-from aiosmtpd._inline import engine_class
 
 if TYPE_CHECKING:  # pragma: no cover
-    from aiosmtpd._receiver import Receiver
-    from aiosmtpd.smtp import Envelope, Session
+    from aiosmtpd.smtp import SMTP
 
 
 log = logging.getLogger("mail.log")
@@ -73,88 +71,67 @@ def tls_protocol_of(transport: asyncio.BaseTransport) -> Any:
     return getattr(transport, "_ssl_protocol", None) or transport.get_extra_info("ssl_object")
 
 
-@engine_class
-class StartTLSMixin:
-    """The STARTTLS command of an ``SMTP`` connection."""
+# The STARTTLS command of an ``SMTP`` connection.
 
-    if TYPE_CHECKING:  # pragma: no cover - provided by SMTP
-        loop: asyncio.AbstractEventLoop
-        transport: Optional[asyncio.BaseTransport]
-        session: Optional[Session]
-        envelope: Optional[Envelope]
-        tls_context: Optional[ssl.SSLContext]
-        _receiver: Receiver
-        _reading_paused: bool
-        @property
-        def _tls_active(self) -> bool: ...
-        _tls_protocol: Any
-        _tls_handshake_okay: bool
-        _handle_hooks: dict[str, Callable[..., Any]]
-        _tls_handshake_timeout: Optional[float]
-        def _count(self, index: int, amount: int = 1) -> None: ...
-        def _code(self, reply: str, enhanced: Optional[str]) -> str: ...
 
-        async def push(self, status: Union[str, bytes]) -> None: ...
-        def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
-
-    @syntax("STARTTLS", when="tls_context")
-    async def smtp_STARTTLS(self, arg: Optional[str]) -> None:
-        if arg:
-            await self.push(self._code("501 Syntax: STARTTLS", "5.5.4"))
-            return
-        if self._tls_active:
-            await self.push("503 5.5.1 Error: TLS already active")
-            return
-        if not self.tls_context:
-            await self.push(self._code("454 TLS not available", "4.7.0"))
-            return
-        # A server connection's transport reads and writes: asyncio.Transport
-        # (the attribute keeps upstream's wider type).
-        transport = cast(Optional[asyncio.Transport], self.transport)
-        assert transport is not None and self.session is not None
-        # Stop reading before the 220 goes out: what the client sends next is
-        # its TLS handshake, which must reach the TLS layer, not our buffer.
-        transport.pause_reading()
-        # RFC 3207 section 6: plaintext pipelined after STARTTLS is discarded,
-        # never executed (the CVE-2024-34083 class).
-        self._receiver.discard()
-        await self.push(self._code("220 Ready to start TLS", "2.0.0"))
-        try:
-            tls_transport = await self.loop.start_tls(
-                transport,
-                self,  # type: ignore[arg-type]
-                self.tls_context,
-                server_side=True,
-                ssl_handshake_timeout=self._tls_handshake_timeout,
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            self._count(_m.TLS_FAILURES)
-            # A client that disconnects mid-handshake is a failed handshake
-            # too: handle_exception sees it, as in 1.4.6 (docs/tls.rst,
-            # "When the handshake fails").
-            raise TLSSetupException("Unable to set up TLS") from error
-        if tls_transport is None:  # pragma: no cover - start_tls returns one
-            raise TLSSetupException("Unable to set up TLS")
-        # Not clearing the receiver again here: it can only hold data decrypted by
-        # the TLS layer, and a TLS 1.3 client may already have sent its
-        # first command along with its Finished message.
-        if self._reading_paused:
-            # data_received() paused the raw transport (through which the
-            # TLS layer now reads) while a backlog arrived with the end of
-            # the handshake; from here on pausing goes through tls_transport.
-            self._reading_paused = False
-            transport.resume_reading()
-        self._count(_m.TLS_HANDSHAKES)
-        # The TLS layer under tls_transport: upstream's _tls_protocol.
-        self._tls_protocol = transport.get_protocol()
-        # As upstream's TLS layer did: connection_made() again, with the TLS
-        # transport; it recognises the second call and resets the session.
-        self.connection_made(tls_transport)
-        hook = self._handle_hooks.get("STARTTLS")
-        if hook is not None:
-            verdict = hook(self, self.session, self.envelope)
-            if inspect.isawaitable(verdict):
-                verdict = await verdict
-            self._tls_handshake_okay = bool(verdict)
+@syntax("STARTTLS", when="tls_context")
+async def smtp_STARTTLS(self: SMTP, arg: Optional[str]) -> None:
+    if arg:
+        await self.push(self._code("501 Syntax: STARTTLS", "5.5.4"))
+        return
+    if self._tls_active:
+        await self.push("503 5.5.1 Error: TLS already active")
+        return
+    if not self.tls_context:
+        await self.push(self._code("454 TLS not available", "4.7.0"))
+        return
+    # A server connection's transport reads and writes: asyncio.Transport
+    # (the attribute keeps upstream's wider type).
+    transport = cast(Optional[asyncio.Transport], self.transport)
+    assert transport is not None and self.session is not None
+    # Stop reading before the 220 goes out: what the client sends next is
+    # its TLS handshake, which must reach the TLS layer, not our buffer.
+    transport.pause_reading()
+    # RFC 3207 section 6: plaintext pipelined after STARTTLS is discarded,
+    # never executed (the CVE-2024-34083 class).
+    self._receiver.discard()
+    await self.push(self._code("220 Ready to start TLS", "2.0.0"))
+    try:
+        tls_transport = await self.loop.start_tls(
+            transport,
+            self,
+            self.tls_context,
+            server_side=True,
+            ssl_handshake_timeout=self._tls_handshake_timeout,
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        self._count(_m.TLS_FAILURES)
+        # A client that disconnects mid-handshake is a failed handshake
+        # too: handle_exception sees it, as in 1.4.6 (docs/tls.rst,
+        # "When the handshake fails").
+        raise TLSSetupException("Unable to set up TLS") from error
+    if tls_transport is None:  # pragma: no cover - start_tls returns one
+        raise TLSSetupException("Unable to set up TLS")
+    # Not clearing the receiver again here: it can only hold data decrypted by
+    # the TLS layer, and a TLS 1.3 client may already have sent its
+    # first command along with its Finished message.
+    if self._reading_paused:
+        # data_received() paused the raw transport (through which the
+        # TLS layer now reads) while a backlog arrived with the end of
+        # the handshake; from here on pausing goes through tls_transport.
+        self._reading_paused = False
+        transport.resume_reading()
+    self._count(_m.TLS_HANDSHAKES)
+    # The TLS layer under tls_transport: upstream's _tls_protocol.
+    self._tls_protocol = transport.get_protocol()
+    # As upstream's TLS layer did: connection_made() again, with the TLS
+    # transport; it recognises the second call and resets the session.
+    self.connection_made(tls_transport)
+    hook = self._handle_hooks.get("STARTTLS")
+    if hook is not None:
+        verdict = hook(self, self.session, self.envelope)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        self._tls_handshake_okay = bool(verdict)

@@ -7,7 +7,7 @@ then on the handler sees the client it was told about.
 
 The grammar and the checks are pure and live here (:func:`parse_xclient`,
 :func:`xtext_decode`, :func:`trusted_networks`, :func:`address_trusted`);
-:class:`XClientMixin` is the command of the ``SMTP`` class.  XCLIENT is
+``smtp_XCLIENT`` and its helpers are methods of ``SMTP`` written here.  XCLIENT is
 opt-in (``SMTP(xclient_trusted=[...])``): without it the verb stays an
 unrecognised command, as in aiosmtpd 1.4.6.
 """
@@ -27,13 +27,12 @@ from ipaddress import (
 )
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
+from aiosmtpd import _session_commands
 from aiosmtpd._discovery import without_command
 from aiosmtpd._hooks import syntax
-from aiosmtpd._inline import engine_class
-from aiosmtpd._session_commands import SessionCommandsMixin
 
 if TYPE_CHECKING:  # pragma: no cover
-    from aiosmtpd.smtp import Session
+    from aiosmtpd.smtp import SMTP, Session
 
 __all__ = [
     "ATTRIBUTES",
@@ -354,100 +353,97 @@ def _describe(attributes: dict[str, str]) -> str:
 
 
 # The command names of a class with XCLIENT off, shared by its connections.
-@engine_class
-class XClientMixin(SessionCommandsMixin):
-    """The ``XCLIENT`` command and its EHLO keyword."""
 
-    if TYPE_CHECKING:  # pragma: no cover - provided by SMTP
-        _xclient_trusted: Optional[tuple[Network, ...]]
-        _proxy_timeout: Optional[float]
-        _original_transport: Any
-        __ident__: str
 
-        def _in_transaction(self) -> bool: ...
-        def _create_session(self) -> Session: ...
+# The ``XCLIENT`` command and its EHLO keyword.
 
-    def _init_xclient(self, trusted: Any) -> None:
-        """Set up ``xclient_trusted``; off, XCLIENT is no command at all."""
-        if trusted is None:  # the default: this runs for every connection
-            self._xclient_trusted = None
-            self._smtp_commands = without_command(type(self), self._smtp_commands, "XCLIENT")
-        else:
-            self._xclient_trusted = trusted_networks(trusted)
 
-    def _xclient_client(self) -> object:
-        """The address that must be trusted: the connection's own peer or,
-        with the PROXY protocol, the client the PROXY header names (the
-        proxy itself is trusted by ``handle_PROXY``; trusting it here would
-        trust everybody behind it)."""
-        if self._proxy_timeout is not None:
-            proxy_data = self.session.proxy_data if self.session is not None else None
-            return getattr(proxy_data, "src_addr", None)
-        transport = self._original_transport or self.transport
-        peer = transport.get_extra_info("peername") if transport is not None else None
-        return peer[0] if isinstance(peer, tuple) and peer else None
+def _init_xclient(self: SMTP, trusted: Any) -> None:
+    """Set up ``xclient_trusted``; off, XCLIENT is no command at all."""
+    if trusted is None:  # the default: this runs for every connection
+        self._xclient_trusted = None
+        self._smtp_commands = without_command(type(self), self._smtp_commands, "XCLIENT")
+    else:
+        self._xclient_trusted = trusted_networks(trusted)
 
-    @property
-    def _xclient_advertised(self) -> bool:
-        """Whether this client may use XCLIENT (EHLO lists it, HELP too)."""
-        trusted = self._xclient_trusted
-        return trusted is not None and address_trusted(self._xclient_client(), trusted)
 
-    def _ehlo_lines(self) -> list[str]:
-        lines = super()._ehlo_lines()
-        if self._xclient_trusted is not None and self._xclient_advertised:
-            lines.append(EHLO_LINE)
-        return lines
+def _xclient_client(self: SMTP) -> object:
+    """The address that must be trusted: the connection's own peer or,
+    with the PROXY protocol, the client the PROXY header names (the
+    proxy itself is trusted by ``handle_PROXY``; trusting it here would
+    trust everybody behind it)."""
+    if self._proxy_timeout is not None:
+        proxy_data = self.session.proxy_data if self.session is not None else None
+        return getattr(proxy_data, "src_addr", None)
+    transport = self._original_transport or self.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return peer[0] if isinstance(peer, tuple) and peer else None
 
-    @syntax("XCLIENT attribute=value ...", when="_xclient_advertised")
-    async def smtp_XCLIENT(self, arg: Optional[str]) -> None:
-        assert self.session is not None
-        peer = self.session.peer
-        if self._in_transaction():
-            log.info("%r XCLIENT refused: MAIL transaction in progress", peer)
-            await self.push(IN_TRANSACTION)
-            return
-        if not arg:
-            log.info("%r XCLIENT refused: %s", peer, SYNTAX)
-            await self.push(SYNTAX)
-            return
-        if not self._xclient_advertised:
-            log.warning(
-                "%r XCLIENT refused: client %s is not in xclient_trusted",
-                peer,
-                self._xclient_client(),
-            )
-            await self.push(NOT_AUTHORIZED)
-            return
-        try:
-            attributes = parse_xclient(arg)
-        except XClientError as error:
-            log.info("%r XCLIENT refused: %s", peer, error.reply)
-            await self.push(error.reply)
-            return
-        self._xclient_reset(attributes)
-        log.info(
-            "%r XCLIENT accepted: %s; peer now %r", peer, _describe(attributes), self.session.peer
+
+def _xclient_advertised(self: SMTP) -> bool:
+    """Whether this client may use XCLIENT (EHLO lists it, HELP too);
+    SMTP._xclient_advertised, a property."""
+    trusted = self._xclient_trusted
+    return trusted is not None and address_trusted(self._xclient_client(), trusted)
+
+
+def _ehlo_lines(self: SMTP) -> list[str]:
+    lines = _session_commands._ehlo_lines(self)
+    if self._xclient_trusted is not None and self._xclient_advertised:
+        lines.append(EHLO_LINE)
+    return lines
+
+
+@syntax("XCLIENT attribute=value ...", when="_xclient_advertised")
+async def smtp_XCLIENT(self: SMTP, arg: Optional[str]) -> None:
+    assert self.session is not None
+    peer = self.session.peer
+    if self._in_transaction():
+        log.info("%r XCLIENT refused: MAIL transaction in progress", peer)
+        await self.push(IN_TRANSACTION)
+        return
+    if not arg:
+        log.info("%r XCLIENT refused: %s", peer, SYNTAX)
+        await self.push(SYNTAX)
+        return
+    if not self._xclient_advertised:
+        log.warning(
+            "%r XCLIENT refused: client %s is not in xclient_trusted",
+            peer,
+            self._xclient_client(),
         )
-        await self.push(f"220 {self.hostname} {self.__ident__}")
+        await self.push(NOT_AUTHORIZED)
+        return
+    try:
+        attributes = parse_xclient(arg)
+    except XClientError as error:
+        log.info("%r XCLIENT refused: %s", peer, error.reply)
+        await self.push(error.reply)
+        return
+    self._xclient_reset(attributes)
+    log.info(
+        "%r XCLIENT accepted: %s; peer now %r", peer, _describe(attributes), self.session.peer
+    )
+    await self.push(f"220 {self.hostname} {self.__ident__}")
 
-    def _xclient_reset(self, attributes: dict[str, str]) -> None:
-        """Back to the greeting stage with what the client said: a new
-        envelope and a new session, as after STARTTLS."""
-        old = self.session
-        assert old is not None
-        xclient = updated(old.xclient, attributes)
-        self._set_rset_state()
-        session = self._create_session()
-        session.peer = updated_peer(old.peer, attributes)
-        session.ssl = old.ssl
-        session.proxy_data = old.proxy_data
-        session.xclient = xclient
-        if xclient.helo is not None and xclient.helo != UNAVAILABLE:
-            session.host_name = xclient.helo
-        if xclient.proto is not None:
-            session.extended_smtp = xclient.proto == "ESMTP"
-        if xclient.login is not None and xclient.login != UNAVAILABLE:
-            session.authenticated = True
-            session.auth_data = xclient.login
-        self.session = session
+
+def _xclient_reset(self: SMTP, attributes: dict[str, str]) -> None:
+    """Back to the greeting stage with what the client said: a new
+    envelope and a new session, as after STARTTLS."""
+    old = self.session
+    assert old is not None
+    xclient = updated(old.xclient, attributes)
+    self._set_rset_state()
+    session = self._create_session()
+    session.peer = updated_peer(old.peer, attributes)
+    session.ssl = old.ssl
+    session.proxy_data = old.proxy_data
+    session.xclient = xclient
+    if xclient.helo is not None and xclient.helo != UNAVAILABLE:
+        session.host_name = xclient.helo
+    if xclient.proto is not None:
+        session.extended_smtp = xclient.proto == "ESMTP"
+    if xclient.login is not None and xclient.login != UNAVAILABLE:
+        session.authenticated = True
+        session.auth_data = xclient.login
+    self.session = session

@@ -1,16 +1,18 @@
 """The SMTP protocol: :class:`SMTP`, :class:`Session`, :class:`Envelope`.
 
-This module is the public face: the connection's life cycle, replies and
-hook dispatch.  The receive buffer and the command loop are in
-``_command_loop``; the commands live beside it:
-HELO/EHLO/NOOP/QUIT/RSET/VRFY/EXPN/HELP in ``_session_commands``, MAIL/RCPT/DATA
-in ``_transaction``, AUTH in ``_auth``, STARTTLS in ``_starttls``, the PROXY
-header in ``_proxy_flow``, XCLIENT in ``_xclient``.  The pieces that need no
-I/O are pure modules: the argument grammar in ``_grammar`` and DATA framing in
-``_framing``.
+This module is the public face: the connection's life cycle, replies, and
+the one door into user code (``SMTP._user_code``).  ``SMTP`` is one class;
+its commands are written beside it, by concern, as functions of an ``SMTP``
+that the class lists at its end: the command loop in ``_command_loop``,
+HELO/EHLO/NOOP/QUIT/RSET/VRFY/EXPN/HELP in ``_session_commands``,
+MAIL/RCPT/DATA/BDAT in ``_transaction``, AUTH in ``_auth``, STARTTLS in
+``_starttls``, XCLIENT in ``_xclient``; the PROXY header in ``_proxy_flow``.
+The pieces that need no I/O are pure modules: the received bytes and their
+phase in ``_receiver``, the command gate in ``_command_gate``, the argument
+grammar in ``_grammar``, DATA framing in ``_framing``.
 
-Data flows one way: socket bytes -> receive buffer -> command line or DATA
-framing -> ``smtp_<VERB>`` method -> handler hook -> reply.
+Data flows one way: socket bytes -> receiver -> command line (gate) or
+message pieces -> ``smtp_<VERB>`` method -> handler hook -> reply.
 """
 
 from __future__ import annotations
@@ -29,7 +31,16 @@ from typing import (
     Union,
 )
 
-from aiosmtpd import __version__, _grammar
+from aiosmtpd import (
+    __version__,
+    _auth,
+    _command_loop,
+    _grammar,
+    _session_commands,
+    _starttls,
+    _transaction,
+    _xclient,
+)
 from aiosmtpd import metrics as _m
 
 # Names outside __all__ that are public (docs/smtp.rst) or that code written
@@ -40,7 +51,6 @@ from aiosmtpd._auth import VALID_AUTHMECH as VALID_AUTHMECH
 from aiosmtpd._auth import (
     AuthCallbackType,
     AuthMechanismType,
-    AuthMixin,
     LoginPassword,
     ResponseTooLong,
     auth_mechanism,
@@ -53,7 +63,6 @@ from aiosmtpd._auth import login_always_fail as login_always_fail
 from aiosmtpd._command_gate import BOGUS_LIMIT as BOGUS_LIMIT
 from aiosmtpd._command_gate import CALL_LIMIT_DEFAULT as CALL_LIMIT_DEFAULT
 from aiosmtpd._command_gate import CommandGate, CommandSizeLimits, call_limits
-from aiosmtpd._command_loop import CommandLoopMixin
 from aiosmtpd._discovery import (
     NO_HOOKS,
     command_names,
@@ -91,9 +100,7 @@ from aiosmtpd._receiver import Receiver
 from aiosmtpd._sasl import CramMD5Response as CramMD5Response
 from aiosmtpd._sasl import OAuthBearerCredentials as OAuthBearerCredentials
 from aiosmtpd._sasl import XOAuth2Credentials as XOAuth2Credentials
-from aiosmtpd._session_commands import SessionCommandsMixin
 from aiosmtpd._starttls import (
-    StartTLSMixin,
     TLSSetupException,
     check_tls_context,
     handshake_timeout,
@@ -101,8 +108,7 @@ from aiosmtpd._starttls import (
     tls_protocol_of,
 )
 from aiosmtpd._streams import StreamReaderView, StreamWriterView
-from aiosmtpd._transaction import TransactionMixin
-from aiosmtpd._xclient import TrustedNetworks, XClientMixin, after_starttls
+from aiosmtpd._xclient import Network, TrustedNetworks, after_starttls
 from aiosmtpd._xclient import XClient as XClient
 from aiosmtpd.operations import Operations, address_of
 from aiosmtpd.proxy_protocol import ProxyData as ProxyData
@@ -219,16 +225,7 @@ def _fqdn() -> str:
 
 
 @engine_class
-class SMTP(
-    XClientMixin,
-    SessionCommandsMixin,
-    TransactionMixin,
-    AuthMixin,
-    StartTLSMixin,
-    CommandLoopMixin,
-    asyncio.StreamReaderProtocol,
-    asyncio.BufferedProtocol,
-):
+class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
     """An asyncio protocol serving one SMTP connection."""
 
     # Slots keep a connection small: with its base class's attributes the
@@ -256,6 +253,16 @@ class SMTP(
 
     # The command budgets, made when the greeting is sent (_begin_commands).
     _gate: CommandGate
+    # AUTH's settings and state, set up by _auth._init_auth.
+    _auth_required: bool
+    _auth_require_tls: bool
+    _authenticator: Optional[AuthenticatorType]
+    _auth_callback: AuthCallbackType
+    _auth_methods: dict[str, tuple[str, bool]]
+    _auth_failures: int
+    _auth_failure_limit: Optional[int]
+    # XCLIENT's trusted networks, set up by _xclient._init_xclient.
+    _xclient_trusted: Optional[tuple[Network, ...]]
 
     command_size_limit = 512
     command_size_limits: MutableMapping[str, int] = {}
@@ -915,7 +922,104 @@ class SMTP(
             return True
         return False
 
-    # -- Commands -------------------------------------------------------------------------
+    # -- The parts of the engine, by concern ---------------------------------------------
+    #
+    # Methods written in their own modules, as functions of an SMTP (their
+    # first parameter is ``self: SMTP``): one class, no mixins, and the type
+    # checker sees every field as SMTP declares it (docs/internals.rst,
+    # "Where the code is").
+
+    # Receiving, the command loop, and where each command runs (_command_loop)
+    get_buffer = _command_loop.get_buffer
+    buffer_updated = _command_loop.buffer_updated
+    data_received = _command_loop.data_received
+    _received = _command_loop._received
+    _resume_reading = _command_loop._resume_reading
+    _wait_for_data = _command_loop._wait_for_data
+    _readline = _command_loop._readline
+    _handle_client = _command_loop._handle_client
+    _serve_session = _command_loop._serve_session
+    _open_session = _command_loop._open_session
+    _begin_commands = _command_loop._begin_commands
+    _lost_during_command = _command_loop._lost_during_command
+    _serve_commands = _command_loop._serve_commands
+    _process_line = _command_loop._process_line
+    _close = _command_loop._close
+    _to = _command_loop._to
+    _pump = _command_loop._pump
+    _answer_lines = _command_loop._answer_lines
+    _next_turn = _command_loop._next_turn
+    _continue = _command_loop._continue
+    _stop_commands = _command_loop._stop_commands
+    _drive = _command_loop._drive
+
+    # HELO, EHLO, NOOP, QUIT, RSET, VRFY, EXPN, HELP (_session_commands)
+    smtp_HELO = _session_commands.smtp_HELO
+    smtp_EHLO = _session_commands.smtp_EHLO
+    _ehlo = _session_commands._ehlo
+    smtp_NOOP = _session_commands.smtp_NOOP
+    smtp_QUIT = _session_commands.smtp_QUIT
+    smtp_RSET = _session_commands.smtp_RSET
+    smtp_VRFY = _session_commands.smtp_VRFY
+    smtp_EXPN = _session_commands.smtp_EXPN
+    smtp_HELP = _session_commands.smtp_HELP
+
+    # The mail transaction: MAIL, RCPT, DATA, BDAT (_transaction)
+    _syntax_error = _transaction._syntax_error
+    smtp_MAIL = _transaction.smtp_MAIL
+    smtp_RCPT = _transaction.smtp_RCPT
+    smtp_DATA = _transaction.smtp_DATA
+    _receive_data = _transaction._receive_data
+    _incoming = _transaction._incoming
+    _deliver_message = _transaction._deliver_message
+    _remember_mail_parameters = _transaction._remember_mail_parameters
+    smtp_BDAT = _transaction.smtp_BDAT
+    _abandon_message = _transaction._abandon_message
+    _chunking_refuses_data = _transaction._chunking_refuses_data
+    _message_begins = _transaction._message_begins
+    _message_ends = _transaction._message_ends
+    _read_chunk = _transaction._read_chunk
+    _message_unseen = _transaction._message_unseen
+    _data_failed = _transaction._data_failed
+    _delivery_status = _transaction._delivery_status
+    _handler_verdict = _transaction._handler_verdict
+    _deliver = _transaction._deliver
+    _read_data = _transaction._read_data
+
+    # AUTH and its mechanisms (_auth)
+    _auth_method = _auth._auth_method
+    _auth_advertised = _auth._auth_advertised
+    _authenticate = _auth._authenticate
+    _decode_response = _auth._decode_response
+    _auth_interact = _auth._auth_interact
+    _decode_initial_response = _auth._decode_initial_response
+    auth_PLAIN = _auth.auth_PLAIN
+    auth_LOGIN = _auth.auth_LOGIN
+    _sasl_cram_md5 = _auth._sasl_cram_md5
+    _sasl_xoauth2 = _auth._sasl_xoauth2
+    _sasl_oauthbearer = _auth._sasl_oauthbearer
+    smtp_AUTH = _auth.smtp_AUTH
+    _auth_failed = _auth._auth_failed
+    _find_mechanism = _auth._find_mechanism
+    _apply_auth_result = _auth._apply_auth_result
+    _init_auth = _auth._init_auth
+    challenge_auth = _auth.challenge_auth
+    _exchange = _auth._exchange
+    _bearer_exchange = _auth._bearer_exchange
+
+    # STARTTLS (_starttls)
+    smtp_STARTTLS = _starttls.smtp_STARTTLS
+
+    # XCLIENT (_xclient)
+    _init_xclient = _xclient._init_xclient
+    _xclient_client = _xclient._xclient_client
+    _ehlo_lines = _xclient._ehlo_lines
+    smtp_XCLIENT = _xclient.smtp_XCLIENT
+    _xclient_reset = _xclient._xclient_reset
+
+    @property
+    def _xclient_advertised(self) -> bool:
+        return _xclient._xclient_advertised(self)
 
 _OWN_HANDLE_CLIENT = SMTP._handle_client
 
