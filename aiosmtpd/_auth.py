@@ -1,9 +1,10 @@
 """AUTH: result types, the mechanism registry, the built-in mechanisms, log redaction.
 
 The ``AUTH`` command (``smtp_AUTH``) and the mechanisms are methods of
-``SMTP`` written here, as functions of an ``SMTP`` (smtp.py lists them).  PLAIN and LOGIN are always built in; CRAM-MD5, XOAUTH2 and
-OAUTHBEARER only when ``auth_enable_mechanism`` names them (their message
-formats: ``_sasl.py``).  The pure pieces (base64 rules, redaction) have no I/O.
+``SMTP`` written here, as functions of an ``SMTP`` (smtp.py lists them).
+PLAIN and LOGIN are always built in; CRAM-MD5, XOAUTH2 and OAUTHBEARER only
+when ``auth_enable_mechanism`` names them (their message formats:
+``_sasl.py``).  The pure pieces (base64 rules, redaction) have no I/O.
 """
 
 from __future__ import annotations
