@@ -52,8 +52,10 @@ def _read_buffer() -> memoryview:
         return view
 
 
-# Stop reading from a client whose unprocessed commands pile up past this.
+# Stop reading from a client whose unprocessed commands pile up past this,
+# or, in a message, whose bytes do (a slow stream hook: backpressure).
 _MAX_COMMAND_BUFFER = 64 * 1024
+_MAX_MESSAGE_BUFFER = 1024 * 1024
 
 # Fairness: at most this many command lines of one connection are answered
 # per event-loop callback; the rest wait for a later turn of the loop, so a
@@ -160,12 +162,11 @@ class CommandLoopMixin:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         if (
-            not self._in_data
-            and len(buf) > _MAX_COMMAND_BUFFER
+            len(buf) > (_MAX_MESSAGE_BUFFER if self._in_data else _MAX_COMMAND_BUFFER)
             and not self._reading_paused
             and self.transport is not None
         ):
-            # The client sends commands faster than we answer them.
+            # The client sends faster than we answer or take its bytes.
             self._reading_paused = True
             self.transport.pause_reading()  # type: ignore[attr-defined]
 

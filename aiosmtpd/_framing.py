@@ -21,7 +21,14 @@ from __future__ import annotations
 import enum
 from typing import Optional
 
-__all__ = ["DataError", "DataReader", "find_long_line", "has_bare_cr_or_lf", "unstuff"]
+__all__ = [
+    "BareLineEndings",
+    "DataError",
+    "DataReader",
+    "find_long_line",
+    "has_bare_cr_or_lf",
+    "unstuff",
+]
 
 _END = b"\r\n.\r\n"
 _END_AT_START = b".\r\n"
@@ -89,6 +96,38 @@ def has_bare_cr_or_lf(content: bytes) -> bool:
     return content.count(b"\r") != crlf or content.count(b"\n") != crlf
 
 
+class BareLineEndings:
+    """:func:`has_bare_cr_or_lf` over a message that comes in pieces cut
+    anywhere (a CR at the end of one piece may pair with an LF starting the
+    next)."""
+
+    __slots__ = ("found", "_cr")
+
+    def __init__(self) -> None:
+        self.found = False
+        self._cr = False  # the last piece ended with a CR not yet judged
+
+    def feed(self, piece: bytes) -> None:
+        if self.found or not piece:
+            return
+        start = 0
+        if self._cr:
+            if piece[0] != 10:
+                self.found = True
+                return
+            start = 1  # that LF completes the CRLF
+        self._cr = piece[-1] == 13
+        end = len(piece) - self._cr
+        crlf = piece.count(b"\r\n", start, end)
+        self.found = (
+            piece.count(b"\r", start, end) != crlf or piece.count(b"\n", start, end) != crlf
+        )
+
+    def finish(self) -> bool:
+        """Whether the message, now complete, has a bare CR or LF."""
+        return self.found or self._cr
+
+
 class DataReader:
     """Incrementally find the end of DATA content in a receive buffer.
 
@@ -98,12 +137,16 @@ class DataReader:
     caller should take the result (:attr:`content` / :attr:`error`) and
     delete ``buf[:n]``.
 
-    With ``keep=False`` nothing needs the content: lines are checked as they
-    arrive and then deleted from the buffer, so memory stays bounded by a
-    line or a read, whatever the message size; :attr:`content` stays None.
+    Lines are checked as they arrive and then taken out of the buffer, so
+    the buffer holds about a line or a read, whatever the message size.
+    With ``keep`` (the default) what is taken goes to :attr:`pieces`, still
+    dot-stuffed, for the caller to take away: each piece ends just before a
+    CRLF (the next one starts with it), so dots can be un-stuffed piece by
+    piece; the last piece ends with the CRLF before the terminating dot.
+    Nothing is kept once a limit is broken.
     """
 
-    __slots__ = ("size_limit", "line_limit", "keep", "error", "content", "size", "_scanned",
+    __slots__ = ("size_limit", "line_limit", "keep", "error", "pieces", "size", "_scanned",
                  "_dropped", "_checked")
 
     def __init__(self, size_limit: Optional[int], line_limit: int, keep: bool = True) -> None:
@@ -111,8 +154,8 @@ class DataReader:
         self.line_limit = line_limit
         self.keep = keep
         self.error: Optional[DataError] = None
-        #: The raw (still dot-stuffed) content once the terminator is found.
-        self.content: Optional[bytes] = None
+        #: Content taken from the buffer, still dot-stuffed, in order.
+        self.pieces: list[bytes] = []
         #: The content's length (still dot-stuffed) once the terminator is found.
         self.size = 0
         # Bytes of the buffer already searched for the terminator.
@@ -137,11 +180,13 @@ class DataReader:
             if len(buf) > 4:
                 # Rejected already: keep only what may start the terminator.
                 self._drop(buf, len(buf) - 4)
-        elif not self.keep and self._checked > 2:
-            # Checked lines are not needed any more; the CRLF ending the last
-            # one is, as the start of a terminator.  (_check() never moves
+        elif self._checked > 2:
+            # Checked lines leave the buffer; the CRLF ending the last one
+            # stays, as the start of a terminator.  (_check() never moves
             # _checked past the size limit, so the line that crosses it, which
             # decides the error, is always still here.)
+            if self.keep:
+                self.pieces.append(bytes(memoryview(buf)[: self._checked - 2]))
             self._drop(buf, self._checked - 2)
         return None
 
@@ -212,8 +257,10 @@ class DataReader:
         self.size = self._dropped + content_end
         if self.error is None:
             self._check(buf, content_end, final=True)
-            if self.error is None and self.keep:
-                self.content = bytes(memoryview(buf)[:content_end])
+            if self.error is None and self.keep and content_end:
+                self.pieces.append(bytes(memoryview(buf)[:content_end]))
+        if self.error is not None:
+            self.pieces.clear()
         return consumed
 
 

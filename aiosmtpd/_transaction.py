@@ -1,8 +1,10 @@
-"""The mail transaction: MAIL, RCPT and DATA for the ``SMTP`` class.
+"""The mail transaction: MAIL, RCPT, DATA and BDAT for the ``SMTP`` class.
 
 Reading the DATA content is the hot path: :meth:`_read_data` hands everything
 received so far to the pure ``DataReader`` (``_framing``) at each wake-up,
-never one line at a time.
+never one line at a time, and passes the pieces it takes out of the buffer
+to the message's ``Incoming`` (``_message_body``): kept for ``handle_DATA``,
+or streamed to ``handle_DATA_STREAM``.
 """
 
 from __future__ import annotations
@@ -14,9 +16,16 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aiosmtpd import metrics as _m
 from aiosmtpd._dsn import MailParameters, take_mail_parameters, take_rcpt_parameters
-from aiosmtpd._framing import DataError, DataReader, has_bare_cr_or_lf, parse_bdat, unstuff
+from aiosmtpd._framing import DataError, DataReader, parse_bdat
 from aiosmtpd._hooks import MISSING, syntax
 from aiosmtpd._inline import DRIVING, HOP, Run, engine_class, is_own
+from aiosmtpd._message_body import (
+    CONNECTION_LOST,
+    LINE_TOO_LONG,
+    TOO_MUCH_DATA,
+    TRANSACTION_RESET,
+    Incoming,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.metrics import Metrics
@@ -67,7 +76,7 @@ class TransactionMixin:
         enable_ENHANCEDSTATUSCODES: bool
         _metrics: Optional[Metrics]
         _delivering: bool
-        _data_size: int
+        _message: Optional[Incoming]
         loop: asyncio.AbstractEventLoop
 
         async def push(self, status: Union[str, bytes]) -> None: ...
@@ -258,38 +267,62 @@ class TransactionMixin:
         if self.enable_CHUNKING and await self._chunking_refuses_data():
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self._abandon_message(TRANSACTION_RESET)  # a BDAT message of a reset transaction
+        incoming = self._message = self._incoming(stuffed=True)
+        try:
+            await self._receive_data(incoming)
+        finally:
+            self._message = None
+
+    async def _receive_data(self, incoming: Incoming) -> None:
         try:
             reader = await self._read_data()
-        except (asyncio.CancelledError, ConnectionResetError):
+        except BaseException:  # lost, cancelled, or closed with its Task
             log.info("Connection lost during DATA")
+            incoming.abandon(CONNECTION_LOST)
             raise
-        self._data_size = reader.size
+        incoming.size = reader.size
         if reader.error is DataError.TOO_LONG:
+            incoming.abandon(LINE_TOO_LONG)
             await self._data_failed(
                 self._code("500 Line too long (see RFC5321 4.5.3.1.6)", "5.6.0")
             )
             return
         if reader.error is DataError.TOO_MUCH:
+            incoming.abandon(TOO_MUCH_DATA)
             await self._data_failed(self._code("552 Error: Too much mail data", "5.3.4"))
             return
-        if reader.content is None:
-            # Nothing can see the message (_message_unseen): only the verdict.
-            await self._deliver()
-            return
-        await self._deliver_content(reader.content, stuffed=True)
+        await self._deliver_message(incoming)
 
-    async def _deliver_content(self, raw: bytes, stuffed: bool) -> None:
-        """Check, decode and deliver a received message: DATA's (``stuffed``,
-        dot-stuffed) or BDAT's (as sent)."""
+    def _incoming(self, stuffed: bool) -> Incoming:
+        """Where the message about to arrive goes: nowhere when nothing can
+        see it (``_message_unseen``), to a ``handle_DATA_STREAM`` hook as it
+        arrives, or kept for ``handle_DATA``."""
         assert self.envelope is not None
-        if log.isEnabledFor(logging.DEBUG):
-            for data_line in raw.splitlines(keepends=True):
-                log.debug("DATA readline: %s", data_line)
         binary = not stuffed and "BODY=BINARYMIME" in self.envelope.mail_options
-        if self._strict_line_endings and not binary and has_bare_cr_or_lf(raw):
+        incoming = Incoming(
+            stuffed=stuffed,
+            strict=self._strict_line_endings and not binary,
+            keep=not (stuffed and self._message_unseen()),
+        )
+        hook = self._handle_hooks.get("DATA_STREAM")
+        if hook is not None:
+            # Its own Task, now: it reads while the message arrives.
+            incoming.stream_to(self.loop, hook, self, self.session, self.envelope)
+        return incoming
+
+    async def _deliver_message(self, incoming: Incoming) -> None:
+        """Check, decode and deliver a message received whole: DATA's, or
+        BDAT's at its LAST chunk."""
+        assert self.envelope is not None
+        if not incoming.finish():
             await self._data_failed("554 5.6.0 Error: bare CR or LF in message data")
             return
-        original_content = unstuff(raw) if stuffed else raw
+        if incoming.pieces is None:
+            # Streamed to a hook, or nothing can see it: only the verdict.
+            await self._deliver()
+            return
+        original_content = await incoming.content(self.loop)
         content: Union[bytes, str] = original_content
         if self._decode_data:
             if self.enable_SMTPUTF8:
@@ -338,10 +371,11 @@ class TransactionMixin:
             return
         envelope = self.envelope
         assert envelope is not None
-        # The chunks so far live on the envelope, so that RSET and a new
-        # transaction (a new envelope) drop them; getattr: an envelope from
+        # The message so far lives on the envelope, so that RSET and a new
+        # transaction (a new envelope) drop it; getattr: an envelope from
         # a _create_envelope() override need not be an Envelope.
-        chunks: Optional[bytearray] = getattr(envelope, "_bdat", None)
+        began = getattr(envelope, "_bdat", None) is not None
+        incoming = self._message if began else None
         refusal = None
         if not envelope.mail_from:
             refusal = self._code("503 Error: need MAIL command", "5.5.1")
@@ -349,21 +383,42 @@ class TransactionMixin:
             refusal = self._code("503 Error: need RCPT command", "5.5.1")
         elif getattr(envelope, "_bdat_failed", False):
             refusal = "503 5.5.1 Error: an earlier BDAT failed, send RSET"
-        elif self.data_size_limit and len(chunks or b"") + size > self.data_size_limit:
+        elif self.data_size_limit and (incoming.size if incoming else 0) + size > (
+            self.data_size_limit
+        ):
             refusal = self._code("552 Error: Too much mail data", "5.3.4")
             envelope._bdat_failed = True  # type: ignore[attr-defined]
-        if chunks is None:
-            chunks = envelope._bdat = bytearray()  # type: ignore[attr-defined]
-        await self._read_chunk(size, None if refusal is not None else chunks)
+            if incoming is not None:
+                incoming.abandon(TOO_MUCH_DATA)
+        if not began:
+            # Even a refused chunk begins BDAT: DATA is refused from now on.
+            envelope._bdat = True  # type: ignore[attr-defined]
+        if refusal is None and incoming is None:
+            self._abandon_message(TRANSACTION_RESET)  # one of an older envelope
+            incoming = self._message = self._incoming(stuffed=False)
+        try:
+            await self._read_chunk(size, None if refusal is not None else incoming)
+        except BaseException:
+            self._abandon_message(CONNECTION_LOST)
+            raise
         if refusal is not None:
             await self.push(refusal)
             return
         if not last:
             await self.push(f"250 2.0.0 {size} octets received")
             return
+        assert incoming is not None
         envelope._bdat = None  # type: ignore[attr-defined]
-        self._data_size = len(chunks)
-        await self._deliver_content(bytes(chunks), stuffed=False)
+        try:
+            await self._deliver_message(incoming)
+        finally:
+            self._message = None
+
+    def _abandon_message(self, reason: str) -> None:
+        """Drop the message being received, if any (telling a stream hook)."""
+        incoming, self._message = self._message, None
+        if incoming is not None:
+            incoming.abandon(reason)
 
     async def _chunking_refuses_data(self) -> bool:
         """DATA in a transaction that began BDAT, or that is BINARYMIME
@@ -392,9 +447,9 @@ class TransactionMixin:
         if deadline is not None:
             deadline.cancel()
 
-    async def _read_chunk(self, size: int, into: Optional[bytearray]) -> None:
-        """Take the next ``size`` bytes the client sends; keep them in
-        ``into`` (None: drop them)."""
+    async def _read_chunk(self, size: int, into: Optional[Incoming]) -> None:
+        """Take the next ``size`` bytes the client sends, and hand them to
+        ``into`` as they come (None: drop them)."""
         buf = self._buf
         deadline = self._message_begins()
         try:
@@ -404,11 +459,14 @@ class TransactionMixin:
                     await self._wait_for_data()
                     continue
                 take = min(remaining, len(buf))
+                room = None
                 if into is not None:
-                    into += memoryview(buf)[:take]
+                    room = into.add(bytes(memoryview(buf)[:take]))
                 del buf[:take]
                 remaining -= take
                 self._reset_timeout()  # a client that keeps sending is not idle
+                if room is not None:
+                    await room  # a stream hook is slow: so is this client
         finally:
             self._message_ends(deadline)
 
@@ -417,8 +475,10 @@ class TransactionMixin:
         reads it (a handler such as Sink), no check or log needs it, and no
         subclass can reach it.  DATA then keeps none of it in memory."""
         cls = type(self)
+        hooks = self._handle_hooks
         return (
-            "DATA" not in self._handle_hooks
+            "DATA" not in hooks
+            and "DATA_STREAM" not in hooks
             and getattr(self.event_handler, "process_message", None) is None
             and not self._decode_data
             and not self._strict_line_endings
@@ -436,7 +496,12 @@ class TransactionMixin:
 
     async def _delivery_status(self) -> Any:
         """The handler's verdict on the received message, or MISSING."""
-        if "DATA" in self._handle_hooks or hasattr(self.event_handler, "process_message"):
+        message = self._message
+        if (
+            "DATA" in self._handle_hooks
+            or hasattr(self.event_handler, "process_message")
+            or (message is not None and message.hook is not None)
+        ):
             self._delivering = True
             try:
                 status = await self._handler_verdict()
@@ -447,11 +512,15 @@ class TransactionMixin:
         metrics = self._metrics
         if metrics is not None and (status is MISSING or _accepts(status)):
             metrics.values[_m.MESSAGES] += 1
-            metrics.values[_m.MESSAGE_BYTES] += self._data_size
+            metrics.values[_m.MESSAGE_BYTES] += message.size if message is not None else 0
         return status
 
     async def _handler_verdict(self) -> Any:
         assert self.session is not None and self.envelope is not None
+        message = self._message
+        if message is not None and message.hook is not None:
+            # handle_DATA_STREAM's return value, as handle_DATA's would be.
+            return await message.hook
         if "DATA" in self._handle_hooks:
             return await self._call_handler_hook("DATA")
         process_message = getattr(self.event_handler, "process_message", None)
@@ -481,9 +550,11 @@ class TransactionMixin:
     async def _read_data(self) -> DataReader:
         """Read DATA content up to the terminator, in as few steps as the
         network allows: each wake-up scans everything received so far."""
-        reader = DataReader(
-            self.data_size_limit, self.line_length_limit, keep=not self._message_unseen()
-        )
+        incoming = self._message
+        assert incoming is not None
+        keep = incoming.pieces is not None or incoming.body is not None
+        reader = DataReader(self.data_size_limit, self.line_length_limit, keep=keep)
+        pieces = reader.pieces
         buf = self._buf
         deadline = self._message_begins()
         try:
@@ -493,16 +564,27 @@ class TransactionMixin:
             while True:
                 size = len(buf)
                 consumed = reader.feed(buf)
+                room = None
+                if pieces:
+                    for piece in pieces:
+                        room = incoming.add(piece) or room
+                    pieces.clear()
                 if consumed is not None:
+                    if room is not None:
+                        await room
                     del buf[:consumed]
                     return reader
-                seen -= size - len(buf)  # feed() may drop bytes from the front
+                seen -= size - len(buf)  # feed() takes bytes from the front
                 # Deviation (CHANGES.rst): a client that keeps completing
                 # lines is not idle.  Only a CRLF received since the last
                 # wake-up counts, and data already rejected earns no time.
                 if reader.error is None and buf.find(b"\r\n", max(0, seen - 1)) >= 0:
                     self._reset_timeout()
                 seen = len(buf)
+                if room is not None:
+                    await room  # a stream hook is slow: so is this client
+                    if len(buf) > seen:
+                        continue  # arrived meanwhile
                 await self._wait_for_data()
         finally:
             self._message_ends(deadline)

@@ -77,6 +77,9 @@ from aiosmtpd._inline import (
     runs_commands_inline,
 )
 from aiosmtpd._loop import get_or_new_eventloop
+from aiosmtpd._message_body import CONNECTION_LOST, TRANSACTION_RESET, Incoming
+from aiosmtpd._message_body import MessageAborted as MessageAborted
+from aiosmtpd._message_body import MessageBody as MessageBody
 from aiosmtpd._proxy_flow import checked_proxy_timeout
 from aiosmtpd._sasl import CramMD5Response as CramMD5Response
 from aiosmtpd._sasl import OAuthBearerCredentials as OAuthBearerCredentials
@@ -237,7 +240,7 @@ class SMTP(
         "_auth_required", "_auth_require_tls", "_auth_failure_limit", "_auth_failures",
         "_authenticator", "_auth_callback",
         "_auth_methods", "_inline", "_run", "_suspended", "_turn", "_gate",
-        "_ops", "_metrics", "_busy", "_delivering", "_data_size",
+        "_ops", "_metrics", "_busy", "_delivering", "_message",
         "_goodbye", "_goodbye_after", "_session_timer", "_data_timeout", "_session_timeout",
         "_tls_handshake_timeout", "_brief_tls_errors", "_cork", "_linger",
         "enable_PIPELINING", "enable_ENHANCEDSTATUSCODES", "enable_DSN", "enable_CHUNKING",
@@ -333,7 +336,8 @@ class SMTP(
         # message (a drain or a session deadline never cuts that short).
         self._busy = False
         self._delivering = False
-        self._data_size = 0
+        # The message being received (DATA, or BDAT chunks until LAST).
+        self._message: Optional[Incoming] = None
         # The 421 to send, and when, once the connection must end (drain,
         # session deadline): after="transaction" or "delivery".
         self._goodbye: Optional[str] = None
@@ -415,6 +419,7 @@ class SMTP(
         return Envelope()
 
     def _set_rset_state(self) -> None:
+        self._abandon_message(TRANSACTION_RESET)
         self.envelope = self._create_envelope()
 
     def _set_post_data_state(self) -> None:
@@ -570,6 +575,7 @@ class SMTP(
             self._original_transport.close()
         super().connection_lost(exc)
         self._stop_commands()
+        self._abandon_message(CONNECTION_LOST)  # BDAT chunks that had no LAST
         self.transport = None
 
     def eof_received(self) -> Optional[bool]:

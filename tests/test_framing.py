@@ -15,6 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from aiosmtpd._framing import (
+    BareLineEndings,
     DataError,
     DataReader,
     find_long_line,
@@ -91,15 +92,17 @@ def run_reader(
     """Feed chunks as a protocol would; return the outcome and what is left."""
     reader = DataReader(size_limit, line_limit, keep)
     buf = bytearray()
+    taken: list[bytes] = []
     for k, chunk in enumerate(chunks):
         buf += chunk
         n = reader.feed(buf)
+        taken += reader.pieces
+        reader.pieces.clear()
         if n is not None:
             consumed = n + reader._dropped
             del buf[:n]
-            return (consumed, reader.error, reader.content), bytes(buf) + b"".join(
-                chunks[k + 1 :]
-            )
+            content = b"".join(taken) if keep and reader.error is None else None
+            return (consumed, reader.error, content), bytes(buf) + b"".join(chunks[k + 1 :])
     return None, bytes(buf)
 
 
@@ -171,8 +174,69 @@ def test_reader_without_keeping_content_holds_little() -> None:
     assert most < 2 * len(chunk) * 10
     buf += b".\r\nQUIT\r\n"
     n = reader.feed(buf)
-    assert n is not None and reader.error is None and reader.content is None
+    assert n is not None and reader.error is None and reader.pieces == []
     assert bytes(buf[n:]) == b"QUIT\r\n"
+
+
+def test_reader_keeping_content_holds_little_in_its_buffer() -> None:
+    """The content leaves the buffer as pieces, read by read: the buffer
+    itself stays about a read long, whatever the message size."""
+    reader = DataReader(None, 1001)
+    buf = bytearray()
+    chunk = (b"0123456789" * 70 + b"\r\n") * 10
+    most = 0
+    taken = 0
+    for _ in range(1_500):  # about 1 MiB
+        buf += chunk
+        assert reader.feed(buf) is None
+        most = max(most, len(buf))
+        taken += sum(map(len, reader.pieces))
+        reader.pieces.clear()
+    assert most < 2 * len(chunk)
+    buf += b".\r\nQUIT\r\n"
+    n = reader.feed(buf)
+    assert n is not None and reader.error is None
+    taken += sum(map(len, reader.pieces))
+    assert taken == 1_500 * len(chunk) and bytes(buf[n:]) == b"QUIT\r\n"
+
+
+@settings(max_examples=600, deadline=None)
+@given(stream=streams, cuts=cut_lists)
+def test_pieces_unstuff_one_by_one(stream: bytes, cuts: list[int]) -> None:
+    """Each piece ends just before a CRLF, so un-stuffing piece by piece,
+    and the bare CR/LF check over the pieces, give what they give on the
+    whole content (which the streaming hook relies on)."""
+    reader = DataReader(None, 30)
+    buf = bytearray()
+    pieces: list[bytes] = []
+    for chunk in split(stream, cuts):
+        buf += chunk
+        n = reader.feed(buf)
+        pieces += reader.pieces
+        reader.pieces.clear()
+        if n is not None:
+            break
+    else:
+        return
+    if reader.error is not None:
+        return  # the engine abandons what it was handed
+    whole = b"".join(pieces)
+    for piece in pieces[1:]:
+        assert piece.startswith(b"\r\n")
+    assert b"".join(map(unstuff, pieces)) == unstuff(whole)
+    check = BareLineEndings()
+    for piece in pieces:
+        check.feed(piece)
+    assert check.finish() == has_bare_cr_or_lf(whole)
+
+
+@settings(max_examples=600, deadline=None)
+@given(stream=streams, cuts=cut_lists)
+def test_bare_line_endings_in_any_pieces(stream: bytes, cuts: list[int]) -> None:
+    check = BareLineEndings()
+    for piece in split(stream, cuts):
+        check.feed(piece)
+    assert check.finish() == has_bare_cr_or_lf(stream)
 
 
 @settings(max_examples=200, deadline=None)
@@ -307,7 +371,7 @@ def test_rejected_data_is_not_kept() -> None:
     n = reader.feed(buf)
     assert n is not None
     assert bytes(buf[n:]) == b"NOOP\r\n"
-    assert reader.content is None
+    assert reader.pieces == []
 
 
 @pytest.mark.parametrize(

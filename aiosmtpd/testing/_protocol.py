@@ -87,7 +87,7 @@ class RecordingSMTP(SMTP):
 
     async def _read_data(self) -> DataReader:
         reader = await super()._read_data()
-        size = len(reader.content) if reader.content is not None else 0
+        size = reader.size
         self._record("*", f"message data ({size} bytes)" if reader.error is None
                      else f"message data refused ({reader.error.name})")
         return reader
