@@ -215,7 +215,12 @@ def _start_smtp_sink() -> Server:
 
 
 def start(
-    kind: str, tls: TLSFiles | None = None, profile: Path | None = None, handler: str = "sink"
+    kind: str,
+    tls: TLSFiles | None = None,
+    profile: Path | None = None,
+    handler: str = "sink",
+    size_limit: bool = True,
+    stall_file: Path | None = None,
 ) -> Server:
     if kind == "smtp-sink":
         if tls is not None:
@@ -232,6 +237,10 @@ def start(
         extra += ["--profile", str(profile)]
     if handler != "sink":
         extra += ["--handler", handler]
+    if not size_limit:
+        extra.append("--no-size-limit")
+    if stall_file is not None:
+        extra += ["--stall-file", str(stall_file)]
     variant = kind_variant(kind)
     if variant is not None:
         extra += ["--variant", variant]

@@ -8,6 +8,33 @@ Throughput mode (lock-step like Postfix's smtp-source: no pipelining)::
 ``--per-connection 0`` keeps each session on one connection for all its
 messages.  Prints one JSON line: ``{"messages": n, "bytes": n, "seconds": t}``.
 
+Stream mode (``large-stream`` and the big senders of ``fairness``)::
+
+    python loadgen.py --port P --stream --sessions 4 --size 209715200 [--go-on-stdin]
+
+each of the sessions opens a connection and sends ONE message of that many
+payload bytes with DATA, written as it goes from a prebuilt block of 1 MiB
+(no message of that size is ever held), waiting for the socket to drain
+between blocks.  Prints ``{"messages": n, "bytes": n, "seconds": t,
+"delivered": [...]}``: ``delivered`` is the byte count each final reply
+gave (``250 OK <n> bytes`` from the benchmark's streaming and length
+handlers), or null.  With ``--go-on-stdin`` it first gets every session to
+the ``354`` after DATA, prints ``{"ready": n}``, and starts the bodies (and
+the clock) on a line on stdin.
+
+Small-transaction mode (the ``fairness`` scenario's fifth client)::
+
+    python loadgen.py --port P --small-loop --size 1024 --max-seconds 600
+
+opens one connection (blocking socket), sends EHLO and 3 unmeasured
+transactions, times 20 more on the otherwise idle server (``alone_p50_ms``),
+prints ``{"ready": 1}``, waits for a line on stdin, then loops
+MAIL/RCPT/DATA transactions of that size (no RSET) until the next line (or
+EOF) on stdin or ``--max-seconds``, and prints ``{"transactions": n,
+"seconds": t, "alone_p50_ms": x, "latency_ms": {"min", "p50", "p90", "p99",
+"max"}}``: each transaction timed from sending MAIL to the 250 after the
+message.
+
 Idle mode::
 
     python loadgen.py --port P --idle 2000
@@ -48,6 +75,7 @@ import json
 import math
 import os
 import resource
+import select
 import socket
 import ssl
 import statistics
@@ -83,6 +111,24 @@ def make_message(size: int) -> bytes:
         remaining -= width + 2
         number += 1
     return head + b"".join(lines) + b".\r\n"
+
+
+STREAM_BLOCK = 1024 * 1024
+
+
+def stream_pieces(size: int) -> tuple[bytes, bytes, int, bytes]:
+    """*size* payload bytes as (head, block, repeats, tail): the headers, a
+    block of about STREAM_BLOCK bytes of 80-byte lines written *repeats*
+    times, then the rest of the lines and the final ".\r\n".  The lines are
+    ``make_message``'s (their numbers restart in each block)."""
+    whole = make_message(STREAM_BLOCK)
+    head_end = whole.index(b"\r\n\r\n") + 4
+    head, lines = whole[:head_end], whole[head_end:-3]
+    block = lines[: len(lines) // 80 * 80]  # whole 80-byte lines only
+    repeats = size // len(block)
+    rest = size - repeats * len(block)
+    tail = make_message(rest)[head_end:] if rest else b".\r\n"
+    return head, block, repeats, tail
 
 
 def bdat_chunks(content: bytes, size: int) -> bytes:
@@ -298,6 +344,168 @@ async def throughput(args: argparse.Namespace, tls: ssl.SSLContext | None) -> di
     seconds = time.perf_counter() - start
     sent = sum(counts)
     return {"messages": sent, "bytes": sent * args.size, "seconds": seconds}
+
+
+async def stream_session(
+    port: int,
+    pieces: tuple[bytes, bytes, int, bytes],
+    ready: asyncio.Queue[None],
+    go: asyncio.Event,
+) -> int | None:
+    """One connection, one message of ``pieces`` written as it goes; the
+    byte count the final reply gives (``250 OK <n> bytes``), if any."""
+    head, block, repeats, tail = pieces
+    reader, writer = await open_session(port, None)
+    try:
+        await command(reader, writer, MAIL, b"250")
+        await command(reader, writer, RCPT, b"250")
+        await command(reader, writer, b"DATA\r\n", b"354")
+        ready.put_nowait(None)
+        await go.wait()
+        writer.write(head)
+        for _ in range(repeats):
+            writer.write(block)
+            await writer.drain()
+        writer.write(tail)
+        line = await final_reply(reader)
+        if not line.startswith(b"250"):
+            raise SMTPError(f"expected 250 after the message, got {line!r}")
+        await command(reader, writer, b"QUIT\r\n", b"221")
+    finally:
+        writer.close()
+    words = line.split()
+    if len(words) >= 4 and words[-1] == b"bytes" and words[-2].isdigit():
+        return int(words[-2])
+    return None
+
+
+async def final_reply(reader: asyncio.StreamReader) -> bytes:
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise SMTPError("connection closed, expected the reply to the message")
+        if line[3:4] != b"-":
+            return line.rstrip()
+
+
+async def stream(args: argparse.Namespace, tls: ssl.SSLContext | None) -> dict[str, object]:
+    loop = asyncio.get_running_loop()
+    pieces = stream_pieces(args.size)
+    ready: asyncio.Queue[None] = asyncio.Queue()
+    go = asyncio.Event()
+    start = time.perf_counter()
+    tasks = [
+        asyncio.ensure_future(stream_session(args.port, pieces, ready, go))
+        for _ in range(args.sessions)
+    ]
+    try:
+        for _ in range(args.sessions):
+            # A session that fails before it is ready ends the wait too.
+            waiter = asyncio.ensure_future(ready.get())
+            await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            if not waiter.done():
+                waiter.cancel()
+                for task in tasks:
+                    if task.done():
+                        task.result()  # raises why it ended early
+        if args.go_on_stdin:
+            print(json.dumps({"ready": args.sessions}), flush=True)
+            await loop.run_in_executor(None, sys.stdin.readline)
+            start = time.perf_counter()
+        go.set()
+        delivered = await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+    seconds = time.perf_counter() - start
+    return {
+        "messages": len(delivered),
+        "bytes": len(delivered) * args.size,
+        "seconds": seconds,
+        "delivered": delivered,
+        "message_bytes": len(pieces[0]) + pieces[2] * len(pieces[1]) + len(pieces[3]) - 3,
+        "cpu_s": _cpu_seconds(),
+    }
+
+
+IDLE_TRANSACTIONS = 20
+
+
+def small_loop(args: argparse.Namespace) -> dict[str, object]:
+    """Lock-step small transactions on one connection until told to stop."""
+    message = make_message(args.size)
+    hard = args.max_seconds + 60
+    with socket.create_connection(("127.0.0.1", args.port), timeout=hard) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = sock.makefile("rb")
+
+        def reply(expect: bytes) -> None:
+            while True:
+                line = reader.readline(1024)
+                if not line or line[3:4] != b"-":
+                    break
+            if not line.startswith(expect):
+                raise SMTPError(f"small client: expected {expect!r}, got {line!r}")
+
+        def transaction() -> None:
+            sock.sendall(MAIL)
+            reply(b"250")
+            sock.sendall(RCPT)
+            reply(b"250")
+            sock.sendall(b"DATA\r\n")
+            reply(b"354")
+            sock.sendall(message)
+            reply(b"250")
+
+        reply(b"220")
+        sock.sendall(b"EHLO " + CLIENT_NAME + b"\r\n")
+        reply(b"250")
+        for _ in range(3):  # warm-up, unmeasured
+            transaction()
+        # The same transactions on a server with nothing else to do: what
+        # the latency is made of besides the big messages.
+        alone = []
+        for _ in range(IDLE_TRANSACTIONS):
+            begun = time.perf_counter()
+            transaction()
+            alone.append((time.perf_counter() - begun) * 1000)
+        print(json.dumps({"ready": 1}), flush=True)
+        os.read(0, 4096)  # the orchestrator says go (or closes stdin)
+        latencies: list[float] = []
+        started = time.perf_counter()
+        deadline = started + args.max_seconds
+        while True:
+            stop, _, _ = select.select([0], [], [], 0)
+            begun = time.perf_counter()
+            if stop or begun >= deadline:
+                break
+            transaction()
+            latencies.append((time.perf_counter() - begun) * 1000)
+        seconds = time.perf_counter() - started
+        stopped_by = "stdin" if stop else "max-seconds"
+        sock.sendall(b"QUIT\r\n")
+        reply(b"221")
+    if not latencies:
+        raise SMTPError("small client: no transaction done")
+    latencies.sort()
+
+    def rank(q: float) -> float:
+        return latencies[max(math.ceil(q * len(latencies)) - 1, 0)]
+
+    return {
+        "transactions": len(latencies),
+        "seconds": seconds,
+        "stopped_by": stopped_by,
+        "cpu_s": _cpu_seconds(),
+        "alone_p50_ms": statistics.median(alone),
+        "latency_ms": {
+            "min": latencies[0],
+            "p50": statistics.median(latencies),
+            "p90": rank(0.90),
+            "p99": rank(0.99),
+            "max": latencies[-1],
+        },
+    }
 
 
 async def idle(args: argparse.Namespace, tls: ssl.SSLContext | None) -> dict[str, float]:
@@ -586,6 +794,15 @@ def main() -> int:
     parser.add_argument(
         "--max-seconds", type=float, default=60.0, help="time bound of --flood/--bystander"
     )
+    parser.add_argument(
+        "--stream", action="store_true", help="one message per session, written as it goes"
+    )
+    parser.add_argument(
+        "--go-on-stdin", action="store_true", help="--stream: start the bodies on a stdin line"
+    )
+    parser.add_argument(
+        "--small-loop", action="store_true", help="small transactions until a stdin line"
+    )
     parser.add_argument("--cpu", type=int, default=-1, help="CPU to pin to (-1: none)")
     args = parser.parse_args()
 
@@ -594,10 +811,12 @@ def main() -> int:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     tls = ssl.create_default_context(cafile=args.starttls) if args.starttls else None
-    runner = idle if args.idle else flood if args.flood else throughput
+    runner = idle if args.idle else flood if args.flood else stream if args.stream else throughput
     try:
         if args.bystander:
             result: dict[str, object] = bystander(args)
+        elif args.small_loop:
+            result = small_loop(args)
         else:
             result = dict(asyncio.run(runner(args, tls)))
     except (SMTPError, OSError, ssl.SSLError, asyncio.TimeoutError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ class Row:
     stats: dict[str, Stat | None]
     """Per kind; None when the kind did not run or every run failed."""
     clients: list[str]
+    reference: float | None = None
+    """Project's median of this metric in ``metric.relative_to``, this run."""
 
     def ratio(self, kind: str) -> float | None:
         mine, base = self.stats.get(kind), self.stats.get("upstream")
@@ -41,12 +44,26 @@ class Row:
         return mine.median / base.median
 
     def meets_target(self) -> bool | None:
+        """Every goal of the row met (None: no goal, or nothing to judge)."""
+        metric = self.metric
+        project = self.stats.get("project")
+        value = project.median if project is not None and project.n else None
+        verdicts = []
         ratio = self.ratio("project")
-        if ratio is None or self.metric.target is None:
-            return None
-        if self.metric.higher_is_better:
-            return ratio >= self.metric.target
-        return ratio <= self.metric.target
+        if ratio is not None and metric.target is not None:
+            verdicts.append(_better(ratio, metric.target, metric.higher_is_better, False))
+        if value is not None and metric.limit is not None:
+            verdicts.append(_better(value, metric.limit, metric.higher_is_better, metric.strict))
+        if value is not None and self.reference is not None:
+            goal = metric.share * self.reference
+            verdicts.append(_better(value, goal, metric.higher_is_better, False))
+        return all(verdicts) if verdicts else None
+
+
+def _better(value: float, goal: float, higher_is_better: bool, strict: bool) -> bool:
+    if higher_is_better:
+        return value > goal if strict else value >= goal
+    return value < goal if strict else value <= goal
 
 
 def summarise(scenarios: list[Scenario], kinds: list[str], runs: list[RunResult]) -> list[Row]:
@@ -66,6 +83,15 @@ def summarise(scenarios: list[Scenario], kinds: list[str], runs: list[RunResult]
                     else (Stat(0.0, 0.0, 0.0, 0, failures) if failures else None)
                 )
             rows.append(Row(scenario, metric, stats, clients))
+    # Goals against another scenario's row of the same run.
+    for i, row in enumerate(rows):
+        if row.metric.relative_to is None:
+            continue
+        for other in rows:
+            if (other.scenario.name, other.metric.key) == (row.metric.relative_to, row.metric.key):
+                stat = other.stats.get("project")
+                if stat is not None and stat.n:
+                    rows[i] = dataclasses.replace(row, reference=stat.median)
     return rows
 
 
@@ -101,10 +127,27 @@ def _metric_name(metric: Metric) -> str:
     return f"{metric.label} ({metric.unit})"
 
 
-def _target(metric: Metric) -> str:
-    if metric.target is None:
-        return "-"
-    return f"{'>=' if metric.higher_is_better else '<='} {metric.target:g}x"
+def _target(row: Row) -> str:
+    """The row's goals: a ratio to upstream, a bound for project's own
+    figure, or a share of project's figure in another scenario."""
+    metric = row.metric
+    at_least = ">" if metric.strict else ">="
+    at_most = "<" if metric.strict else "<="
+    goals = []
+    if metric.target is not None:
+        goals.append(f"{'>=' if metric.higher_is_better else '<='} {metric.target:g}x")
+    if metric.limit is not None:
+        op = at_least if metric.higher_is_better else at_most
+        goals.append(f"project {op} {metric.limit:g} {metric.unit}")
+    if metric.relative_to is not None:
+        goal = f"project {'>=' if metric.higher_is_better else '<='} {metric.share:g}x project's"
+        goal += f" {metric.relative_to}"
+        if row.reference is None:
+            goal += " (not run)"
+        else:
+            goal += f" ({_number(metric.share * row.reference)})"
+        goals.append(goal)
+    return "; ".join(goals) or "-"
 
 
 def markdown_table(rows: list[Row], kinds: list[str]) -> str:
@@ -118,7 +161,7 @@ def markdown_table(rows: list[Row], kinds: list[str]) -> str:
         cells += [_cell(row.stats.get(k)) for k in kinds]
         cells += [
             _ratio(row.ratio("project")) + mark,
-            _target(row.metric),
+            _target(row),
             _ratio(row.ratio("floor")),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -135,7 +178,7 @@ def rst_table(rows: list[Row], kinds: list[str]) -> str:
         body.append(
             [row.scenario.name, _metric_name(row.metric)]
             + [_cell(row.stats.get(k)) for k in kinds]
-            + [_ratio(row.ratio("project")), _target(row.metric), _ratio(row.ratio("floor"))]
+            + [_ratio(row.ratio("project")), _target(row), _ratio(row.ratio("floor"))]
         )
     for cells in body:
         out.append("   * - " + cells[0])
@@ -153,6 +196,11 @@ def rows_as_json(rows: list[Row]) -> list[dict[str, Any]]:
                 "unit": row.metric.unit,
                 "higher_is_better": row.metric.higher_is_better,
                 "target_ratio": row.metric.target,
+                "target_project": _target(row),
+                "limit": row.metric.limit,
+                "relative_to": row.metric.relative_to,
+                "share": row.metric.share if row.metric.relative_to else None,
+                "reference": row.reference,
                 "clients": row.clients,
                 "kinds": {kind: None if s is None else s.__dict__ for kind, s in row.stats.items()},
                 "ratio_project_upstream": row.ratio("project"),

@@ -180,6 +180,15 @@ def _describe(r: RunResult) -> str:
     m = r.metrics
     if "kib_per_conn" in m:
         return f"{m['kib_per_conn']:.2f} KiB/conn (rss {r.rss_before_kib}->{r.rss_after_kib} KiB)"
+    if "max_stall_ms" in m:
+        text = f"small transactions p50 {m['small_p50_ms']:.2f} ms p99 {m['small_p99_ms']:.2f} ms"
+        text += f" max {m['small_max_ms']:.2f} ms ({m['small_transactions']:,.0f};"
+        text += f" alone p50 {r.fairness['small_alone_p50_ms']:.2f} ms);"
+        text += f" worst loop stall {m['max_stall_ms']:.1f} ms; big streams {m['mb_per_s']:.1f}"
+        text += f" MB/s (server {m['server_cpu_util']:.0%} client {m['client_cpu_util']:.0%}"
+        text += f" other {m['background_cpus']:.0%}) hwm {r.hwm_kib / 1024:.1f} MiB"
+        text += f" growth {m['rss_growth_mib']:.1f} MiB"
+        return text + "".join(f" NOTE: {n}" for n in r.notes) + f" [{r.client}, {r.wall_s:.1f} s]"
     if "rtt_p99_ms" in m:
         text = f"bystander RTT median {m['rtt_median_ms']:.2f} ms p99 {m['rtt_p99_ms']:.2f} ms"
         text += f" max {m['rtt_max_ms']:.2f} ms ({m['round_trips']:,.0f} round trips)"
@@ -191,7 +200,11 @@ def _describe(r: RunResult) -> str:
     text = f"{m['msgs_per_s']:,.0f} msgs/s {m['mb_per_s']:.1f} MB/s"
     text += f" cpu {m['cpu_us_per_msg']:.0f} us/msg (server {m['server_cpu_util']:.0%}"
     text += f" client {m['client_cpu_util']:.0%} other {m['background_cpus']:.0%})"
-    return text + f" hwm {r.hwm_kib / 1024:.1f} MiB [{r.client}, {r.wall_s:.1f} s]"
+    text += f" hwm {r.hwm_kib / 1024:.1f} MiB"
+    if r.delivered:
+        text += f" growth {m['rss_growth_mib']:.1f} MiB"
+    text += "".join(f" NOTE: {n}" for n in r.notes)
+    return text + f" [{r.client}, {r.wall_s:.1f} s]"
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -241,7 +254,17 @@ def main(argv: list[str] | None = None) -> int:
         s.name for s in scenarios(quick=False)
     ]
     mode = "quick" if args.quick else ("full" if complete else "partial")
-    chosen = [s for s in scenarios(args.quick) if s.name in args.scenarios]
+    wanted = set(args.scenarios)
+    for scenario in scenarios(args.quick):
+        for metric in scenario.metrics if scenario.name in wanted else ():
+            if metric.relative_to is not None and metric.relative_to not in wanted:
+                # A goal against another scenario needs its figure from this run.
+                _log(
+                    f"{scenario.name}'s {metric.label} goal compares with "
+                    f"{metric.relative_to}: running {metric.relative_to} too"
+                )
+                wanted.add(metric.relative_to)
+    chosen = [s for s in scenarios(args.quick) if s.name in wanted]
     kinds, notes = _available_kinds(args.kinds)
     for note in notes:
         _log(note)
@@ -261,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             order = kinds[rep % len(kinds) :] + kinds[: rep % len(kinds)]
             for scenario in chosen:
                 for kind in order:
-                    if launch.parse_kind(kind)[0] not in scenario.kinds:
+                    base, workers = launch.parse_kind(kind)
+                    if base not in scenario.kinds or (scenario.single_process and workers > 1):
                         continue
                     waited = 0.0
                     if quiet_budget > 0:
@@ -270,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                     result = run_one(scenario, kind, rep, tls, args.client)
                     result.quiet_wait_s = waited
                     runs.append(result)
-                    step = f"[{rep + 1}/{args.reps}] {scenario.name:<10} {kind:<9}"
+                    step = f"[{rep + 1}/{args.reps}] {scenario.name:<12} {kind:<9}"
                     _log(f"{step} {_describe(result)}")
         tls_maker = tls.made_by if tls else None
     elapsed = time.monotonic() - started
@@ -311,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Waited {waited:.0f} s in all for quiet moments before runs.")
         if busy > 0.25:
             print("WARNING: the machine was busy; absolute figures are low and ratios noisy.")
+    for r in runs:
+        for note in r.notes:
+            print(f"- NOTE {r.scenario}/{r.kind} rep {r.rep + 1}: {note}")
     failures = [r for r in runs if not r.ok]
     for r in failures:
         print(f"- FAILED {r.scenario}/{r.kind} rep {r.rep + 1}: {r.error}")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import resource
 import select
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +35,15 @@ class Metric:
     higher_is_better: bool
     target: float | None = None
     """Wanted ratio project/upstream (>= when higher is better, else <=)."""
+    limit: float | None = None
+    """A goal for project's median itself, in ``unit`` (<= when lower is
+    better, else >=; < or > with ``strict``)."""
+    strict: bool = False
+    relative_to: str | None = None
+    """A goal against another scenario of the same run: project's median at
+    least ``share`` times project's median of the same metric there (at
+    most, when lower is better)."""
+    share: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,16 @@ class Scenario:
     trips (``messages`` is then the bystander's most round trips); 0: no flood."""
     seconds: float = 0.0
     """The bystander's time bound: it starts no round trip after this."""
+    stream: bool = False
+    """Each session sends ONE message of ``size`` bytes, written as it goes
+    from a 1 MiB block (loadgen --stream): no client holds a 1 GiB buffer."""
+    size_limit: bool = True
+    """The aiosmtpd servers' data_size_limit is 64 MiB; False: None (no limit)."""
+    fairness: bool = False
+    """The ``sessions`` big streams run at once while one more client times
+    small transactions, and the server reports its event loop's worst stall."""
+    single_process: bool = False
+    """Not for project-wN (the stall monitor watches one event loop)."""
 
 
 def scenarios(quick: bool) -> list[Scenario]:
@@ -88,6 +110,8 @@ def scenarios(quick: bool) -> list[Scenario]:
     )
     # Rows beside large whose targets (set for Sink against 1.4.6) do not apply.
     untargeted = tuple(dataclasses.replace(m, target=None) for m in large.metrics)
+    stream_size = n(1024, 64) * MIB
+    fair_size = n(200, 32) * MIB
     return [
         Scenario(
             "small",
@@ -128,6 +152,27 @@ def scenarios(quick: bool) -> list[Scenario]:
             kinds=("project",),
             variant="chunking",
             bdat_chunk=MIB,
+        ),
+        Scenario(
+            "large-stream",
+            f"ONE message of {stream_size // MIB:,} MiB with DATA on one connection, to a "
+            "handler that streams it (handle_DATA_STREAM counting the bytes; upstream, which "
+            "has no streaming hook: handle_DATA taking len(envelope.content)); "
+            "data_size_limit=None",
+            sessions=1,
+            messages=1,
+            per_connection=0,
+            size=stream_size,
+            postfix_client=False,
+            metrics=(
+                Metric("mb_per_s", "MB/s", "MB/s", True, relative_to="large", share=0.9),
+                Metric("rss_growth_mib", "peak RSS growth", "MiB", False, limit=16),
+                Metric("peak_rss_mib", "peak RSS", "MiB", False),
+            ),
+            kinds=("project", "upstream"),
+            handler="stream",
+            stream=True,
+            size_limit=False,
         ),
         Scenario(
             "idle",
@@ -186,6 +231,30 @@ def scenarios(quick: bool) -> list[Scenario]:
             # fairness (README).
             kinds=("project", "upstream"),
         ),
+        Scenario(
+            "fairness",
+            f"4 clients each send ONE message of {fair_size // MIB:,} MiB with DATA at once "
+            "(handler as large-stream, data_size_limit=None) while a fifth does lock-step "
+            "1 KiB transactions on one connection until they are done: its latency (MAIL to "
+            "the 250 after the message) and the server event loop's worst stall",
+            sessions=4,
+            messages=4,
+            per_connection=0,
+            size=fair_size,
+            postfix_client=False,
+            metrics=(
+                Metric("small_p50_ms", "small transaction p50", "ms", False),
+                Metric("small_p99_ms", "small transaction p99", "ms", False, limit=20, strict=True),
+                Metric("max_stall_ms", "worst loop stall", "ms", False, limit=10, strict=True),
+                Metric("mb_per_s", "big streams", "MB/s", True),
+            ),
+            kinds=("project", "upstream"),
+            handler="stream",
+            stream=True,
+            size_limit=False,
+            fairness=True,
+            single_process=True,
+        ),
     ]
 
 
@@ -216,6 +285,14 @@ class RunResult:
     """Time spent waiting for other work on the machine to calm down first."""
     flood: dict[str, float] = field(default_factory=dict)
     """The flood scenario's raw figures (bystander RTTs in ms, flood lines)."""
+    fairness: dict[str, float] = field(default_factory=dict)
+    """The fairness scenario's raw figures (small transactions' latencies in
+    ms, the server loop's worst stall)."""
+    delivered: list[int | None] = field(default_factory=list)
+    """Streaming scenarios: the byte count each message's reply gave (the
+    handler's count), None where the reply had none (the handler was not
+    called: an aiosmtpd without handle_DATA_STREAM treats it like Sink)."""
+    notes: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -263,6 +340,8 @@ def loadgen_argv(scenario: Scenario, port: int, tls: TLSFiles | None) -> list[st
     ]
     if scenario.bdat_chunk:
         argv += ["--bdat", str(scenario.bdat_chunk)]
+    if scenario.stream:
+        argv.append("--stream")
     if tls is not None:
         argv += ["--starttls", str(tls.ca)]
     return argv
@@ -270,8 +349,8 @@ def loadgen_argv(scenario: Scenario, port: int, tls: TLSFiles | None) -> list[st
 
 def _client_run(
     scenario: Scenario, port: int, tls: TLSFiles | None, client: str
-) -> tuple[str, float]:
-    """Drive the load; return (client name, seconds)."""
+) -> tuple[str, float, dict[str, Any]]:
+    """Drive the load; return (client name, seconds, what loadgen printed)."""
     source = smtp_source_argv(scenario, port) if client != "python" else None
     if source is not None:
         tool = postfix_tool("smtp-source")
@@ -286,7 +365,7 @@ def _client_run(
                 f"smtp-source exit {proc.returncode}: "
                 f"{proc.stderr.decode(errors='replace').strip()[-500:]}"
             )
-        return "smtp-source", seconds
+        return "smtp-source", seconds, {}
     proc = subprocess.run(loadgen_argv(scenario, port, tls), capture_output=True, timeout=600)
     lines = proc.stdout.decode().strip().splitlines()
     result = json.loads(lines[-1]) if lines else {}
@@ -297,7 +376,7 @@ def _client_run(
         )
     if result.get("messages") != scenario.messages:
         raise RuntimeError(f"loadgen sent {result.get('messages')} of {scenario.messages}")
-    return "python", float(result["seconds"])
+    return "python", float(result["seconds"]), result
 
 
 def _idle_run(scenario: Scenario, server: launch.Server) -> tuple[procstat.Sample, float]:
@@ -410,6 +489,123 @@ def _flood_run(scenario: Scenario, port: int) -> dict[str, float]:
     }
 
 
+def check_delivered(result: RunResult, loadgen: dict[str, Any]) -> None:
+    """The handler's byte counts against what the client sent.
+
+    A count that differs is an error (bytes lost or added); no count at all
+    means the handler was not called, which an aiosmtpd without the streaming
+    hook does (it treats a handler without handle_DATA like Sink): noted, so
+    the figures are not taken for the streaming hook's.
+    """
+    delivered = loadgen.get("delivered", [])
+    expected = loadgen.get("message_bytes")
+    result.delivered = list(delivered)
+    wrong = [n for n in delivered if n is not None and n != expected]
+    if wrong:
+        raise RuntimeError(f"the handler counted {wrong} bytes, the client sent {expected}")
+    if None in delivered:
+        result.notes.append(
+            f"{delivered.count(None)} of {len(delivered)} replies gave no byte count: the "
+            "streaming handler was not called (this aiosmtpd has no handle_DATA_STREAM?), "
+            "so these are Sink's figures"
+        )
+
+
+class StallMonitor:
+    """The server's event-loop stall monitor (server.py --stall-file), read
+    through SIGUSR1: each ``mark()`` returns the worst stall since the
+    previous one and starts the next span."""
+
+    def __init__(self, pid: int, path: Path) -> None:
+        self.pid = pid
+        self.path = path
+
+    def mark(self, timeout: float = 120.0) -> dict[str, float]:
+        self.path.unlink(missing_ok=True)
+        os.kill(self.pid, signal.SIGUSR1)
+        # The loop writes the file when it gets to the signal: after a stall
+        # under way, which may be long for a server holding a big message.
+        deadline = time.monotonic() + timeout
+        while not self.path.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the stall monitor did not answer in {timeout:g} s")
+            time.sleep(0.005)
+        data: dict[str, float] = json.loads(self.path.read_text())
+        return data
+
+
+def _fairness_run(
+    scenario: Scenario, port: int, monitor: StallMonitor
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Big streams at once, small transactions beside them, the loop's stall.
+
+    Two loadgen processes on the client CPU: the small client (one
+    connection, EHLO and 3 unmeasured transactions) and the big senders
+    (``scenario.sessions`` connections, each up to the 354 after DATA).
+    Then the stall monitor starts its span, both get go, the small client
+    loops until every big message has its 250, and the monitor is read.
+    """
+    base = [sys.executable, str(LOADGEN), "--port", str(port), "--cpu", str(launch.CLIENT_CPU)]
+    small_argv = base + ["--small-loop", "--size", str(KIB), "--max-seconds", "900"]
+    big_argv = base + ["--stream", "--go-on-stdin", "--sessions", str(scenario.sessions)]
+    big_argv += ["--size", str(scenario.size)]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(argv: list[str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        procs.append(proc)
+        return proc
+
+    def tell(proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdin is not None
+        proc.stdin.write(b"\n")
+        proc.stdin.flush()
+
+    try:
+        small = start(small_argv)
+        _json_line(small, 30, "small client")
+        big = start(big_argv)
+        _json_line(big, 60, "big senders")
+        monitor.mark()
+        tell(small)
+        tell(big)
+        streamed = _json_line(big, 900, "big senders")
+        tell(small)
+        timed = _json_line(small, 120, "small client")
+        stall = monitor.mark()
+        for proc in procs:
+            proc.wait(30)
+            if proc.returncode != 0:
+                raise RuntimeError(f"loadgen exit {proc.returncode}")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
+    if timed.get("stopped_by") != "stdin":
+        raise RuntimeError(f"the small client stopped before the big messages were done: {timed}")
+    latency = timed["latency_ms"]
+    return {
+        "small_transactions": timed["transactions"],
+        "small_seconds": timed["seconds"],
+        "small_min_ms": latency["min"],
+        "small_p50_ms": latency["p50"],
+        "small_p90_ms": latency["p90"],
+        "small_p99_ms": latency["p99"],
+        "small_max_ms": latency["max"],
+        "small_alone_p50_ms": timed["alone_p50_ms"],
+        "big_seconds": streamed["seconds"],
+        "max_stall_ms": stall["worst_stall_ms"],
+        "stall_ticks": stall["ticks"],
+        "stall_ticks_late_over_1ms": stall["ticks_late_over_1ms"],
+        "stall_span_s": stall["seconds"],
+        "small_cpu_s": timed["cpu_s"],
+        "big_cpu_s": streamed["cpu_s"],
+    }, streamed
+
+
 def compute_metrics(scenario: Scenario, r: RunResult) -> dict[str, float]:
     out: dict[str, float] = {}
     if scenario.idle:
@@ -429,6 +625,15 @@ def compute_metrics(scenario: Scenario, r: RunResult) -> dict[str, float]:
         out["round_trips"] = f["round_trips"]
         out["flood_lines_per_s"] = f["flood_lines"] / f["flood_seconds"]
         out["peak_rss_mib"] = r.hwm_kib / 1024
+        return out | utilisation
+    if scenario.fairness:
+        f = r.fairness
+        for key in ("small_p50_ms", "small_p99_ms", "small_max_ms", "max_stall_ms"):
+            out[key] = f[key]
+        out["small_transactions"] = f["small_transactions"]
+        out["mb_per_s"] = r.payload_bytes / r.seconds / 1e6
+        out["peak_rss_mib"] = r.hwm_kib / 1024
+        out["rss_growth_mib"] = (r.hwm_kib - r.rss_before_kib) / 1024
         return out | utilisation
     out["msgs_per_s"] = r.messages / r.seconds
     out["mb_per_s"] = r.payload_bytes / r.seconds / 1e6
@@ -451,10 +656,21 @@ def run_one(
     result = RunResult(scenario.name, kind, rep, client="", ok=False)
     if scenario.variant and launch.kind_variant(kind) is None:
         kind += "+" + scenario.variant
+    scratch = tempfile.TemporaryDirectory(prefix="aiosmtpd-bench-") if scenario.fairness else None
+    stall_file = Path(scratch.name) / "stall.json" if scratch is not None else None
     try:
-        server = launch.start(kind, tls if scenario.tls else None, profile, scenario.handler)
+        server = launch.start(
+            kind,
+            tls if scenario.tls else None,
+            profile,
+            scenario.handler,
+            size_limit=scenario.size_limit,
+            stall_file=stall_file,
+        )
     except (launch.LaunchError, OSError) as exc:
         result.error = f"start: {exc}"
+        if scratch is not None:
+            scratch.cleanup()
         return result
     try:
         if not scenario.tls:
@@ -481,10 +697,22 @@ def run_one(
                 result.flood = _flood_run(scenario, server.port)
                 result.seconds = result.flood["bystander_seconds"]
                 result.messages = int(result.flood["round_trips"])
+            elif scenario.fairness:
+                assert stall_file is not None
+                result.client = "python"
+                result.fairness, streamed = _fairness_run(
+                    scenario, server.port, StallMonitor(server.pid, stall_file)
+                )
+                check_delivered(result, streamed)
+                result.seconds = result.fairness["big_seconds"]
+                result.messages = scenario.messages
+                result.payload_bytes = scenario.messages * scenario.size
             else:
-                result.client, result.seconds = _client_run(
+                result.client, result.seconds, loadgen = _client_run(
                     scenario, server.port, tls if scenario.tls else None, client
                 )
+                if scenario.stream:
+                    check_delivered(result, loadgen)
                 result.messages = scenario.messages
                 result.payload_bytes = scenario.messages * scenario.size
             result.client_wall_s = time.perf_counter() - client_started
@@ -508,5 +736,7 @@ def run_one(
         result.error = str(exc)
     finally:
         server.stop()
+        if scratch is not None:
+            scratch.cleanup()
         result.wall_s = time.perf_counter() - started
     return result

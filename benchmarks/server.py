@@ -1,8 +1,8 @@
 """Run one benchmark server on a free loopback port until told to stop.
 
     python server.py {project,upstream,floor} [--tls CERT KEY] [--cpu N]
-                     [--profile OUT.pstats] [--handler {sink,hook}]
-                     [--workers N]
+                     [--profile OUT.pstats] [--handler {sink,hook,stream}]
+                     [--workers N] [--no-size-limit] [--stall-file PATH]
 
 Standalone on purpose (stdlib only, no import from the benchmarks package):
 the orchestrator runs it with the repo's interpreter for ``project`` and
@@ -12,6 +12,12 @@ the orchestrator runs it with the repo's interpreter for ``project`` and
 Once listening it prints one JSON line on stdout: ``{"port": ..., "pid":
 ..., "impl": ...}``.  It stops on SIGTERM/SIGINT or when stdin reaches EOF
 (so it never outlives a crashed orchestrator).
+
+``--stall-file PATH`` starts a monitor of the event loop's stalls (a
+``call_at`` chain every 2 ms that notes how late each tick ran).  On
+SIGUSR1 it writes the worst lateness since the previous SIGUSR1 (or the
+start) to PATH as one JSON object (through a temporary file and a rename, so
+a reader never sees half of it) and starts over.
 
 ``--workers N`` (project only, N >= 2) serves with N worker processes
 through ``aiosmtpd.workers``, worker i pinned to CPU i when ``--cpu -1``; the
@@ -138,6 +144,90 @@ class HookHandler:
         return "250 OK"
 
 
+class CountingStream:
+    """The streaming hook: the message arrives in chunks and is only counted,
+    never held.  The reply gives the count, so the client can check that the
+    handler saw every byte (and was called at all)."""
+
+    async def handle_DATA_STREAM(self, server: Any, session: Any, envelope: Any, body: Any) -> str:
+        n = 0
+        async for chunk in body:
+            n += len(chunk)
+        return f"250 OK {n} bytes"
+
+
+class LengthHook:
+    """For servers without the streaming hook (upstream): handle_DATA takes
+    the length of envelope.content, which the server has built in full."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        return f"250 OK {len(envelope.content)} bytes"
+
+
+def _handler(kind: str, name: str) -> Any:
+    from aiosmtpd.handlers import Sink
+
+    if name == "hook":
+        return HookHandler()
+    if name == "stream":
+        # Upstream 1.4.6 has no streaming hook: the best it can do is hold
+        # the whole message, which is what the comparison is about.
+        return LengthHook() if kind == "upstream" else CountingStream()
+    return Sink()
+
+
+class StallMonitor:
+    """How late the event loop runs a callback due every *interval* seconds.
+
+    The lateness of a tick is how long the loop was busy elsewhere (or not
+    scheduled) past the tick's due time: the longest a ready connection could
+    have waited.  Besides the tick chain it costs nothing; ``dump()`` (on
+    SIGUSR1) writes the worst since the previous dump and starts over.
+    """
+
+    def __init__(self, path: str, interval: float = 0.002) -> None:
+        self.path = path
+        self.interval = interval
+        self.loop = asyncio.get_running_loop()
+        self._reset()
+        self.due = self.loop.time() + interval
+        self.loop.call_at(self.due, self._tick)
+
+    def _reset(self) -> None:
+        self.worst = 0.0
+        self.ticks = 0
+        self.late_1ms = 0
+        self.since = self.loop.time()
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        late = now - self.due
+        self.ticks += 1
+        if late > self.worst:
+            self.worst = late
+        if late > 0.001:
+            self.late_1ms += 1
+        self.due = now + self.interval
+        self.loop.call_at(self.due, self._tick)
+
+    def dump(self) -> None:
+        # The tick under way may have been due before the dump: count its
+        # lateness so far too, so a stall still going on is not lost.
+        pending = max(0.0, self.loop.time() - self.due)
+        data = {
+            "worst_stall_ms": max(self.worst, pending) * 1000,
+            "ticks": self.ticks,
+            "ticks_late_over_1ms": self.late_1ms,
+            "seconds": self.loop.time() - self.since,
+            "interval_ms": self.interval * 1000,
+        }
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as out:
+            json.dump(data, out)
+        os.replace(tmp, self.path)
+        self._reset()
+
+
 # The opt-in features a project+VARIANT kind turns on (benchmarks/launch.py).
 VARIANT_OPTIONS: dict[str, Callable[[], dict[str, Any]]] = {
     "pipelining": lambda: {"enable_PIPELINING": True},
@@ -155,22 +245,25 @@ def _operations() -> Any:
 
 
 def _aiosmtpd_factory(
-    tls_context: ssl.SSLContext | None, handler_name: str
+    tls_context: ssl.SSLContext | None,
+    handler_name: str,
+    kind: str = "project",
+    size_limit: int | None = DATA_SIZE_LIMIT,
 ) -> tuple[Callable[[], Any], str]:
     import aiosmtpd
-    from aiosmtpd.handlers import Sink
     from aiosmtpd.smtp import SMTP
 
-    handler = HookHandler() if handler_name == "hook" else Sink()
+    handler = _handler(kind, handler_name)
     # Made once: an Operations is shared by every connection.
     options = VARIANT_OPTIONS[_variant]() if _variant else {}
 
     def factory() -> Any:
         # An explicit hostname keeps getfqdn() (a DNS look-up) out of the
-        # measurement; the size limit makes 10 MiB messages legal.
+        # measurement; the size limit makes 10 MiB messages legal (None:
+        # no limit, for the streaming scenarios' 1 GiB and 200 MiB).
         return SMTP(
             handler,
-            data_size_limit=DATA_SIZE_LIMIT,
+            data_size_limit=size_limit,
             hostname=HOSTNAME,
             tls_context=tls_context,
             **options,
@@ -181,7 +274,12 @@ def _aiosmtpd_factory(
 
 
 async def serve(
-    kind: str, tls_context: ssl.SSLContext | None, profiler: Any = None, handler: str = "sink"
+    kind: str,
+    tls_context: ssl.SSLContext | None,
+    profiler: Any = None,
+    handler: str = "sink",
+    size_limit: int | None = DATA_SIZE_LIMIT,
+    stall_file: str | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     if kind == "floor":
@@ -192,7 +290,7 @@ async def serve(
         factory: Callable[[], Any] = floor_factory
         impl = "floor (benchmarks/server.py)"
     else:
-        factory, impl = _aiosmtpd_factory(tls_context, handler)
+        factory, impl = _aiosmtpd_factory(tls_context, handler, kind, size_limit)
     # A deep backlog: the idle scenario opens thousands of connections.
     server = await loop.create_server(factory, "127.0.0.1", 0, backlog=4096)
     port = server.sockets[0].getsockname()[1]
@@ -211,6 +309,9 @@ async def serve(
             stop()
 
     loop.add_reader(0, stdin_ready)
+    if stall_file is not None:
+        monitor = StallMonitor(stall_file)
+        loop.add_signal_handler(signal.SIGUSR1, monitor.dump)
     if profiler is not None:
         # Imports and start-up are not what we want to see in the profile.
         profiler.enable()
@@ -222,13 +323,17 @@ async def serve(
 
 
 def serve_workers(
-    tls_context: ssl.SSLContext | None, handler: str, workers: int, cpu: int
+    tls_context: ssl.SSLContext | None,
+    handler: str,
+    workers: int,
+    cpu: int,
+    size_limit: int | None = DATA_SIZE_LIMIT,
 ) -> None:
     """The project server in ``workers`` processes (aiosmtpd.workers); with
     ``cpu`` -1 worker i is pinned to CPU i (modulo the CPU count)."""
     from aiosmtpd.workers import bind_sockets, create_server, run_workers
 
-    factory, impl = _aiosmtpd_factory(tls_context, handler)
+    factory, impl = _aiosmtpd_factory(tls_context, handler, "project", size_limit)
     groups = bind_sockets("127.0.0.1", 0, workers, backlog=4096)
 
     def worker(sockets: list[Any]) -> None:
@@ -272,7 +377,13 @@ def main() -> int:
     parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     parser.add_argument("--cpu", type=int, default=0, help="CPU to pin to (-1: every CPU)")
     parser.add_argument("--profile", metavar="OUT.pstats")
-    parser.add_argument("--handler", choices=["sink", "hook"], default="sink")
+    parser.add_argument("--handler", choices=["sink", "hook", "stream"], default="sink")
+    parser.add_argument(
+        "--no-size-limit", action="store_true", help="data_size_limit=None (aiosmtpd kinds)"
+    )
+    parser.add_argument(
+        "--stall-file", metavar="PATH", help="monitor event-loop stalls, dump on SIGUSR1"
+    )
     parser.add_argument("--workers", type=int, default=1, help="worker processes (project)")
     parser.add_argument(
         "--variant", choices=sorted(VARIANT_OPTIONS), help="opt-in features (project)"
@@ -280,8 +391,9 @@ def main() -> int:
     args = parser.parse_args()
     global _variant
     _variant = args.variant
-    if args.workers > 1 and (args.kind != "project" or args.profile):
-        parser.error("--workers is for the project server, without --profile")
+    if args.workers > 1 and (args.kind != "project" or args.profile or args.stall_file):
+        parser.error("--workers is for the project server, without --profile or --stall-file")
+    size_limit = None if args.no_size_limit else DATA_SIZE_LIMIT
 
     if hasattr(os, "sched_setaffinity"):
         # -1: undo the orchestrator's pinning, which the server inherits.
@@ -296,7 +408,7 @@ def main() -> int:
         tls_context.load_cert_chain(*args.tls)
 
     if args.workers > 1:
-        serve_workers(tls_context, args.handler, args.workers, args.cpu)
+        serve_workers(tls_context, args.handler, args.workers, args.cpu, size_limit)
         return 0
 
     profiler = None
@@ -304,7 +416,7 @@ def main() -> int:
         import cProfile
 
         profiler = cProfile.Profile()
-    asyncio.run(serve(args.kind, tls_context, profiler, args.handler))
+    asyncio.run(serve(args.kind, tls_context, profiler, args.handler, size_limit, args.stall_file))
     if profiler is not None:
         import pstats
 
