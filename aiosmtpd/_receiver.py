@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from typing import Optional, Union
 
-from aiosmtpd._framing import DataReader
+from aiosmtpd._framing import PIECE_SIZE, DataReader
 
 __all__ = [
     "COMMAND_BACKLOG",
@@ -198,12 +198,13 @@ class Receiver:
             self.to(COMMANDS)
 
     def chunk(self, keep: bool = True) -> Optional[bytes]:
-        """The chunk's next bytes (b"" when not ``keep``: dropped), or None
-        until more arrive.  Back to commands once the chunk is complete."""
+        """The chunk's next bytes, at most PIECE_SIZE of them (b"" when not
+        ``keep``: dropped), or None until more arrive.  Back to commands once
+        the chunk is complete."""
         buf = self.buf
         if self.phase is not CHUNK or not buf:
             return None
-        take = min(self._remaining, len(buf))
+        take = min(self._remaining, len(buf), PIECE_SIZE)
         piece = bytes(memoryview(buf)[:take]) if keep else b""
         del buf[:take]
         self._remaining -= take

@@ -231,6 +231,44 @@ def test_pieces_unstuff_one_by_one(stream: bytes, cuts: list[int]) -> None:
 
 
 @settings(max_examples=600, deadline=None)
+@given(stream=streams, cuts=cut_lists, piece_size=st.integers(min_value=1, max_value=12))
+def test_large_pieces_are_cut_just_before_a_crlf(
+    stream: bytes, cuts: list[int], piece_size: int
+) -> None:
+    """Pieces are kept small (a large bytes object costs page faults), but
+    only ever cut just before a CRLF, so that un-stuffing still works piece
+    by piece."""
+    import aiosmtpd._framing as framing
+
+    saved, framing.PIECE_SIZE = framing.PIECE_SIZE, piece_size
+    try:
+        reader = DataReader(None, 30)
+        buf = bytearray()
+        pieces: list[bytes] = []
+        for chunk in split(stream, cuts):
+            buf += chunk
+            n = reader.feed(buf)
+            pieces += reader.pieces
+            reader.pieces.clear()
+            if n is not None:
+                break
+        else:
+            return
+    finally:
+        framing.PIECE_SIZE = saved
+    if reader.error is not None:
+        return
+    whole = b"".join(pieces)
+    assert whole == ref_read(stream, None, 30)[2]  # type: ignore[index]
+    for piece in pieces[1:]:
+        assert piece.startswith(b"\r\n")
+    for piece in pieces:
+        # Longer than the piece size only when there was no CRLF to cut at.
+        assert len(piece) <= piece_size or b"\r\n" not in piece[1:piece_size]
+    assert b"".join(map(unstuff, pieces)) == unstuff(whole)
+
+
+@settings(max_examples=600, deadline=None)
 @given(stream=streams, cuts=cut_lists)
 def test_bare_line_endings_in_any_pieces(stream: bytes, cuts: list[int]) -> None:
     check = BareLineEndings()
