@@ -325,11 +325,18 @@ def _answer_lines(self: SMTP) -> None:
                 self._resume_reading()
             return
         turn -= 1
-        if self._cork is None and receiver.has_line(limit):
+        more = bool(receiver.buf) and receiver.has_line(limit)
+        if more and self._cork is None:
             # Pipelined: more lines wait behind this one.  Their replies
             # go out together when no complete line is left (_flush).
             self._cork = []
         self._drive(self._process_line(None if line is TOO_LONG else line))  # type: ignore[arg-type]
+        if not more:
+            # No complete line was left, and a command only ever takes
+            # bytes: nothing to answer until the next read.
+            if self._run is IDLE and self._reading_paused:
+                self._resume_reading()
+            return
 
 
 def _next_turn(self: SMTP) -> None:

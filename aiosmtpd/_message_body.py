@@ -158,7 +158,8 @@ _orphans: set[asyncio.Task[Any]] = set()
 class Incoming:
     """One message being received: its pieces, checks and destination."""
 
-    __slots__ = ("stuffed", "size", "pieces", "body", "hook", "_bare", "_tail", "_debug")
+    __slots__ = ("stuffed", "size", "pieces", "body", "hook", "unseen", "_bare", "_tail",
+                 "_debug")
 
     def __init__(self, *, stuffed: bool, strict: bool, keep: bool = True) -> None:
         #: DATA's pieces are dot-stuffed; BDAT's are as the message is.
@@ -171,9 +172,11 @@ class Incoming:
         self.body: Optional[MessageBody] = None
         self.hook: Optional[asyncio.Task[Any]] = None
         self._bare = BareLineEndings() if strict else None
+        #: Nothing looks at the message (not kept, checked or streamed).
+        self.unseen = not keep and not strict
         # The start of a line not yet logged (DEBUG only).
         self._tail = b""
-        self._debug = log.isEnabledFor(logging.DEBUG)
+        self._debug = keep and log.isEnabledFor(logging.DEBUG)
 
     def stream_to(
         self,
@@ -184,6 +187,7 @@ class Incoming:
         """Hand the pieces to ``hook(*args, body)``, run in its own Task."""
         body = self.body = MessageBody(loop)
         self.pieces = None
+        self.unseen = False
         task = self.hook = loop.create_task(_run_hook(hook, *args, body))
         task.add_done_callback(body._hook_done)
 

@@ -128,10 +128,10 @@ class Receiver:
         kept); None until more bytes arrive."""
         buf = self.buf
         if not self._dropping:
-            i = buf.find(b"\n", 0, limit + 1)
-            if i >= 0:
-                line = bytes(buf[: i + 1])
-                del buf[: i + 1]
+            i = buf.find(b"\n", 0, limit + 1) + 1
+            if i:
+                line = bytes(buf[:i])
+                del buf[:i]
                 return line
             if len(buf) <= limit:
                 return None

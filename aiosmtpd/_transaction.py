@@ -234,33 +234,32 @@ async def smtp_DATA(self: SMTP, arg: Optional[str]) -> None:
     if self.enable_CHUNKING and await self._chunking_refuses_data():
         return
     await self.push("354 End data with <CR><LF>.<CR><LF>")
-    self._abandon_message(TRANSACTION_RESET)  # a BDAT message of a reset transaction
+    if self._message is not None:
+        self._abandon_message(TRANSACTION_RESET)  # a BDAT message of a reset transaction
     incoming = self._message = self._incoming(stuffed=True)
+    # One coroutine for the whole message: this runs for every message.
     try:
-        await self._receive_data(incoming)
+        try:
+            reader = await self._read_data()
+        except BaseException:  # lost, cancelled, or closed with its Task
+            log.info("Connection lost during DATA")
+            incoming.abandon(CONNECTION_LOST)
+            raise
+        incoming.size = reader.size
+        if reader.error is DataError.TOO_LONG:
+            incoming.abandon(LINE_TOO_LONG)
+            await self._data_failed(
+                self._code("500 Line too long (see RFC5321 4.5.3.1.6)", "5.6.0")
+            )
+        elif reader.error is DataError.TOO_MUCH:
+            incoming.abandon(TOO_MUCH_DATA)
+            await self._data_failed(self._code("552 Error: Too much mail data", "5.3.4"))
+        elif incoming.unseen:
+            await self._deliver()  # nothing to check, join or tell: only the verdict
+        else:
+            await self._deliver_message(incoming)
     finally:
         self._message = None
-
-
-async def _receive_data(self: SMTP, incoming: Incoming) -> None:
-    try:
-        reader = await self._read_data()
-    except BaseException:  # lost, cancelled, or closed with its Task
-        log.info("Connection lost during DATA")
-        incoming.abandon(CONNECTION_LOST)
-        raise
-    incoming.size = reader.size
-    if reader.error is DataError.TOO_LONG:
-        incoming.abandon(LINE_TOO_LONG)
-        await self._data_failed(
-            self._code("500 Line too long (see RFC5321 4.5.3.1.6)", "5.6.0")
-        )
-        return
-    if reader.error is DataError.TOO_MUCH:
-        incoming.abandon(TOO_MUCH_DATA)
-        await self._data_failed(self._code("552 Error: Too much mail data", "5.3.4"))
-        return
-    await self._deliver_message(incoming)
 
 
 def _incoming(self: SMTP, stuffed: bool) -> Incoming:
@@ -536,6 +535,8 @@ async def _read_data(self: SMTP) -> DataReader:
     receiver.begin_message(reader)
     deadline = self._message_begins()
     try:
+        if not receiver.buf:
+            await self._wait_for_data()  # the client waited for our 354
         while True:
             done, active = receiver.message()
             room = None

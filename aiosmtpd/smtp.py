@@ -969,7 +969,6 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
     smtp_MAIL = _transaction.smtp_MAIL
     smtp_RCPT = _transaction.smtp_RCPT
     smtp_DATA = _transaction.smtp_DATA
-    _receive_data = _transaction._receive_data
     _incoming = _transaction._incoming
     _deliver_message = _transaction._deliver_message
     _remember_mail_parameters = _transaction._remember_mail_parameters
