@@ -1,10 +1,13 @@
 """AUTH: result types, the mechanism registry, the built-in mechanisms, log redaction.
 
-The ``AUTH`` command (``smtp_AUTH``) and the mechanisms are methods of
-``SMTP`` written here, as functions of an ``SMTP`` (smtp.py lists them).
-PLAIN and LOGIN are always built in; CRAM-MD5, XOAUTH2 and OAUTHBEARER only
-when ``auth_enable_mechanism`` names them (their message formats:
-``_sasl.py``).  The pure pieces (base64 rules, redaction) have no I/O.
+A connection's AUTH settings, mechanisms and failed attempts live in one
+``AuthState`` (``SMTP._auth``), which takes every decision about them
+without I/O.  The ``AUTH`` command (``smtp_AUTH``) and the mechanisms are
+methods of ``SMTP`` written here, as functions of an ``SMTP`` (smtp.py lists
+them): they ask the state, and talk to the client.  PLAIN and LOGIN are
+always built in; CRAM-MD5, XOAUTH2 and OAUTHBEARER only when
+``auth_enable_mechanism`` names them (their message formats: ``_sasl.py``).
+The pure pieces (base64 rules, redaction) have no I/O.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import re
 import warnings
 from collections.abc import Awaitable, Iterable
+from operator import attrgetter
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -205,11 +209,157 @@ class ResponseTooLong(ValueError):
 ResponseTooLong.__name__ = ResponseTooLong.__qualname__ = "ValueError"
 
 
-# The AUTH state and mechanisms of an ``SMTP`` connection.
+# -- AUTH's state and decisions: no I/O -----------------------------------------
 
 
-def _init_auth(
-    self: SMTP,
+class AuthState:
+    """AUTH on one connection: its settings, its mechanisms, its failed
+    attempts, and every decision about them.  No I/O: ``smtp_AUTH`` and
+    EHLO ask, then reply (``tests/test_auth_state.py`` checks each decision
+    without a socket).
+
+    One per connection, settings included: the failed attempts are the
+    connection's, and code written for 1.4.6 changes the settings of one
+    server after construction (``server._auth_required = True``; SMTP's
+    properties of those names set them here).  The registry of mechanisms
+    is shared (see ``mechanisms``).
+    """
+
+    __slots__ = (
+        "required", "require_tls", "authenticator", "callback", "methods",
+        "failures", "failure_limit",
+    )
+
+    def __init__(
+        self,
+        methods: dict[str, tuple[str, bool]],
+        *,
+        required: bool = False,
+        require_tls: bool = True,
+        authenticator: Optional[AuthenticatorType] = None,
+        callback: AuthCallbackType = login_always_fail,
+        failure_limit: Optional[int] = None,
+    ) -> None:
+        #: Mechanism name -> (attribute name, is_builtin): a built-in's method
+        #: is the server's, another's the handler's (see ``mechanisms``).
+        self.methods = methods
+        #: ``auth_required``: MAIL, RCPT, DATA... need AUTH first (530).
+        self.required = required
+        #: ``auth_require_tls``: AUTH only over TLS (538; not in EHLO before).
+        self.require_tls = require_tls
+        self.authenticator = authenticator
+        self.callback = callback
+        #: Failed attempts on this connection; at ``failure_limit``, AUTH gets 421.
+        self.failures = 0
+        self.failure_limit = failure_limit
+
+    def advertised(self, tls_active: bool) -> bool:
+        """Whether EHLO lists AUTH (and MAIL takes ``AUTH=``)."""
+        # Deviation (CHANGES.rst): no "250-AUTH " line with an empty registry.
+        return bool(self.methods) and (not self.require_tls or tls_active)
+
+    def ehlo_line(self) -> str:
+        """EHLO's AUTH line: the mechanisms, sorted."""
+        return "250-AUTH " + " ".join(sorted(self.methods))
+
+    def needs_tls(self, tls_active: bool) -> bool:
+        """Whether AUTH is refused for want of TLS (538)."""
+        return self.require_tls and not tls_active
+
+    def needed(self, authenticated: Optional[bool]) -> bool:
+        """Whether a command is refused for want of AUTH (530)."""
+        return self.required and not authenticated
+
+    def failed(self) -> None:
+        self.failures += 1
+
+    def over_limit(self) -> bool:
+        """Whether the failed attempts have reached ``auth_failure_limit``:
+        AUTH then gets 421 and the connection ends."""
+        limit = self.failure_limit
+        return limit is not None and self.failures >= limit
+
+    def find(self, name: str) -> Optional[str]:
+        """The registered mechanism ``name`` means, or None (504)."""
+        # Deviation (CHANGES.rst): SASL names are case-insensitive; the
+        # registry's spelling is what handlers and mechanisms see.
+        if name in self.methods:
+            return name
+        upper = name.upper()
+        for known in self.methods:
+            if known.upper() == upper:
+                return known
+        return None
+
+    def check(
+        self,
+        server: SMTP,
+        session: Optional[Session],
+        envelope: Optional[Envelope],
+        mechanism: str,
+        auth_data: Any,
+    ) -> AuthResult:
+        """The credential check (``SMTP._authenticate``, which subclasses
+        override): the ``authenticator`` if there is one, else ``auth_callback``."""
+        if self.authenticator is not None:
+            return self.authenticator(
+                server,
+                session,  # type: ignore[arg-type]
+                envelope,  # type: ignore[arg-type]
+                mechanism,
+                auth_data,
+            )
+        if not isinstance(auth_data, LoginPassword):
+            # auth_callback only knows passwords: the optional mechanisms
+            # need an authenticator.
+            return AuthResult(success=False, handled=False)
+        if self.callback(mechanism, *auth_data):
+            return AuthResult(success=True, handled=True, auth_data=auth_data)
+        return AuthResult(success=False, handled=False)
+
+
+def setting(name: str) -> Any:
+    """A property of ``SMTP`` that reads and sets ``self._auth.<name>``: the
+    upstream names of AUTH's settings, for code written for 1.4.6."""
+    return property(
+        attrgetter("_auth." + name),
+        lambda server, value: setattr(server._auth, name, value),
+    )
+
+
+def mechanisms(
+    server: Any,
+    handler: Any,
+    exclude: Optional[Iterable[str]],
+    enable: Union[str, Iterable[str], None],
+) -> dict[str, tuple[str, bool]]:
+    """The AUTH mechanisms of a connection: name -> (attribute, is_builtin).
+
+    The optional built-ins come first, then the server's ``auth_*`` methods,
+    then the handler's, so that a handler's auth_PLAIN (or auth_CRAM__MD5)
+    replaces the built-in one.  The names, not bound methods, are kept:
+    equal registries are shared between connections.
+    """
+    registry: dict[str, tuple[str, bool]] = {
+        name: (OPTIONAL_MECHANISMS[name], True) for name in optional_mechanisms(enable)
+    }
+    for obj, builtin in ((server, True), (handler, False)):
+        for name in names_with_prefix(obj, "auth_"):
+            mechanism = getattr(getattr(obj, name), "__auth_mechanism_name__", None)
+            if mechanism is None:
+                mechanism = name[5:].replace("__", "-")
+            registry[mechanism] = (name, builtin)
+    for mechanism in exclude or ():
+        registry.pop(mechanism, None)
+    key = tuple(registry.items())
+    shared = _registries.get(key)
+    if shared is None and len(_registries) < 256:
+        shared = _registries[key] = registry
+    return shared if shared is not None else registry
+
+
+def auth_state(
+    server: SMTP,
     handler: Any,
     *,
     auth_required: bool,
@@ -217,86 +367,44 @@ def _init_auth(
     auth_exclude_mechanism: Optional[Iterable[str]],
     auth_callback: Optional[AuthCallbackType],
     authenticator: Optional[AuthenticatorType],
-    failure_limit: Optional[int] = None,
-    enable_mechanism: Union[str, Iterable[str], None] = None,
-) -> None:
+    failure_limit: Optional[int],
+    enable_mechanism: Union[str, Iterable[str], None],
+) -> AuthState:
+    """``SMTP()``'s AUTH arguments, checked (in 1.4.6's order), as an AuthState."""
     if failure_limit is not None and (
         not isinstance(failure_limit, int) or failure_limit < 1
     ):
         raise ValueError("auth_failure_limit must be None or a positive int")
-    # Failed attempts on this connection; past the limit AUTH gets 421.
-    self._auth_failure_limit = failure_limit
-    self._auth_failures = 0
     if auth_required and not auth_require_tls:
         warnings.warn(
             "Requiring AUTH while not requiring TLS can lead to "
             "security vulnerabilities!", stacklevel=3  # SMTP()'s caller
         )
         log.warning("auth_required == True but auth_require_tls == False")
-    self._auth_required = auth_required
-    self._auth_require_tls = auth_require_tls
-    self._authenticator = authenticator
-    self._auth_callback = auth_callback or login_always_fail
-    # Mechanism name -> (attribute name, is_builtin); the optional
-    # built-ins come first, then this class's auth_* methods, then the
-    # handler's, so that a handler's auth_PLAIN (or auth_CRAM__MD5)
-    # replaces the built-in one.  The names, not bound methods, are kept:
-    # equal registries are shared between connections.
-    registry: dict[str, tuple[str, bool]] = {
-        name: (OPTIONAL_MECHANISMS[name], True)
-        for name in optional_mechanisms(enable_mechanism)
-    }
-    for obj, builtin in ((self, True), (handler, False)):
-        for name in names_with_prefix(obj, "auth_"):
-            mechanism = getattr(getattr(obj, name), "__auth_mechanism_name__", None)
-            if mechanism is None:
-                mechanism = name[5:].replace("__", "-")
-            registry[mechanism] = (name, builtin)
-    for mechanism in auth_exclude_mechanism or ():
-        registry.pop(mechanism, None)
-    key = tuple(registry.items())
-    shared = _registries.get(key)
-    if shared is None and len(_registries) < 256:
-        shared = _registries[key] = registry
-    self._auth_methods = shared if shared is not None else registry
+    state = AuthState(
+        mechanisms(server, handler, auth_exclude_mechanism, enable_mechanism),
+        required=auth_required,
+        require_tls=auth_require_tls,
+        authenticator=authenticator,
+        callback=auth_callback or login_always_fail,
+        failure_limit=failure_limit,
+    )
     if log.isEnabledFor(logging.INFO):
         log.info(
             "Available AUTH mechanisms: %s",
             " ".join(
                 f"{m}(builtin)" if builtin else m
-                for m, (_, builtin) in sorted(self._auth_methods.items())
+                for m, (_, builtin) in sorted(state.methods.items())
             ),
         )
+    return state
 
 
-def _auth_method(self: SMTP, mechanism: str) -> tuple[Callable[..., Awaitable[Any]], bool]:
-    name, builtin = self._auth_methods[mechanism]
-    return getattr(self if builtin else self.event_handler, name), builtin
-
-
-def _auth_advertised(self: SMTP) -> bool:
-    # Deviation (CHANGES.rst): no "250-AUTH " line with an empty registry.
-    return bool(self._auth_methods) and (
-        not self._auth_require_tls or self._tls_active
-    )
+# -- The AUTH command and the mechanisms: methods of SMTP ----------------------------
 
 
 def _authenticate(self: SMTP, mechanism: str, auth_data: Any) -> AuthResult:
-    if self._authenticator is not None:
-        return self._authenticator(
-            self,
-            self.session,  # type: ignore[arg-type]
-            self.envelope,  # type: ignore[arg-type]
-            mechanism,
-            auth_data,
-        )
-    if not isinstance(auth_data, LoginPassword):
-        # auth_callback only knows passwords: the optional mechanisms
-        # need an authenticator.
-        return AuthResult(success=False, handled=False)
-    if self._auth_callback(mechanism, *auth_data):
-        return AuthResult(success=True, handled=True, auth_data=auth_data)
-    return AuthResult(success=False, handled=False)
+    return self._auth.check(self, self.session, self.envelope, mechanism, auth_data)
 
 
 async def challenge_auth(
@@ -481,7 +589,8 @@ async def smtp_AUTH(self: SMTP, arg: Optional[str]) -> None:
     if not self.session.extended_smtp:
         await self.push(self._code("500 Error: command 'AUTH' not recognized", "5.5.2"))
         return
-    if self._auth_require_tls and not self._tls_active:
+    auth = self._auth
+    if auth.needs_tls(self._tls_active):
         await self.push(
             "538 5.7.11 Encryption required for requested authentication mechanism"
         )
@@ -489,8 +598,7 @@ async def smtp_AUTH(self: SMTP, arg: Optional[str]) -> None:
     if self.session.authenticated:
         await self.push(self._code("503 Already authenticated", "5.5.1"))
         return
-    limit = self._auth_failure_limit
-    if limit is not None and self._auth_failures >= limit:
+    if auth.over_limit():
         log.warning("%r too many failed AUTH attempts", self.session.peer)
         await self.push("421 4.7.0 Too many failed authentication attempts, goodbye.")
         self._close()
@@ -509,7 +617,7 @@ async def smtp_AUTH(self: SMTP, arg: Optional[str]) -> None:
     if len(args) > 2:
         await self.push(self._code("501 Too many values", "5.5.4"))
         return
-    mechanism = self._find_mechanism(args[0])
+    mechanism = auth.find(args[0])
     if mechanism is None:
         await self.push("504 5.5.4 Unrecognized authentication type")
         return
@@ -519,7 +627,8 @@ async def smtp_AUTH(self: SMTP, arg: Optional[str]) -> None:
         if status is not None:
             await self.push(status)
         return
-    method, is_builtin = self._auth_method(mechanism)
+    name, is_builtin = auth.methods[mechanism]
+    method = getattr(self if is_builtin else self.event_handler, name)
     log.debug(
         "Using %s auth_ hook for %r", "builtin" if is_builtin else "handler", mechanism
     )
@@ -529,20 +638,8 @@ async def smtp_AUTH(self: SMTP, arg: Optional[str]) -> None:
 
 
 def _auth_failed(self: SMTP) -> None:
-    self._auth_failures += 1
+    self._auth.failed()
     self._count(_m.AUTH_FAILURES)
-
-
-def _find_mechanism(self: SMTP, name: str) -> Optional[str]:
-    # Deviation (CHANGES.rst): SASL names are case-insensitive; the
-    # registry's spelling is what handlers and mechanisms see.
-    if name in self._auth_methods:
-        return name
-    upper = name.upper()
-    for known in self._auth_methods:
-        if known.upper() == upper:
-            return known
-    return None
 
 
 async def _apply_auth_result(self: SMTP, result: Any) -> None:

@@ -257,7 +257,9 @@ async def _process_line(self: SMTP, line: Optional[bytes]) -> bool:
     self._last_activity = self.loop.time()
     if self._timeout_handle is None:
         self._reset_timeout()
-    self._busy = True
+    # A goodbye (drain, deadline) waits while a command runs (_departure).
+    departure = self._departure
+    departure.busy = True
     try:
         if command in _TASK_COMMANDS:
             await self._user_code(method, parsed.arg)
@@ -266,10 +268,10 @@ async def _process_line(self: SMTP, line: Optional[bytes]) -> bool:
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception as error:
-        self._busy = False
+        departure.busy = False
         return await self._reply_to_exception(error)
-    self._busy = False
-    if self._goodbye is not None:
+    departure.busy = False
+    if departure.reply is not None:
         # A drain or a deadline waited for this command to end.
         return not self._leaving_now()
     return True

@@ -55,7 +55,7 @@ def _ehlo_lines(self: SMTP) -> list[str]:
     if self.enable_SMTPUTF8:
         lines.append("250-SMTPUTF8")
         size_allowance += 10  # RFC 6531 SMTPUTF8 on MAIL
-    auth = self._auth_advertised()
+    auth = self._auth.advertised(self._tls_active)
     if auth:
         size_allowance += 500  # RFC 4954 section 5: AUTH= on MAIL
     if self.enable_DSN:
@@ -66,7 +66,7 @@ def _ehlo_lines(self: SMTP) -> list[str]:
     if self.tls_context and not self._tls_active:
         lines.append("250-STARTTLS")
     if auth:
-        lines.append("250-AUTH " + " ".join(sorted(self._auth_methods)))
+        lines.append(self._auth.ehlo_line())
     if self.enable_PIPELINING:
         lines.append("250-PIPELINING")
     if self.enable_ENHANCEDSTATUSCODES:

@@ -128,7 +128,7 @@ async def smtp_MAIL(self: SMTP, arg: Optional[str]) -> None:
                 )
             )
             return
-    auth_offered = self._auth_advertised()
+    auth_offered = self._auth.advertised(self._tls_active)
     if (self.enable_DSN or auth_offered) and params:
         try:
             extras = take_mail_parameters(
@@ -478,11 +478,13 @@ async def _delivery_status(self: SMTP) -> Any:
         or hasattr(self.event_handler, "process_message")
         or (message is not None and message.hook is not None)
     ):
-        self._delivering = True
+        # No goodbye (drain, deadline) while the handler delivers.
+        departure = self._departure
+        departure.delivering = True
         try:
             status = await self._handler_verdict()
         finally:
-            self._delivering = False
+            departure.delivering = False
     else:
         status = MISSING  # no handler code: the server's own 250
     metrics = self._metrics

@@ -14,6 +14,7 @@ import logging
 from typing import Optional, Protocol, Union
 
 from aiosmtpd import metrics as _m
+from aiosmtpd._departure import AFTER_DELIVERY, AFTER_TRANSACTION
 from aiosmtpd.metrics import Metrics
 
 __all__ = ["Operations", "TOO_MANY_CONNECTIONS", "TOO_MANY_FROM_ADDRESS", "SHUTTING_DOWN"]
@@ -181,7 +182,7 @@ class Operations:
             return
         log.info("Draining %d connections (deadline %.1f s)", len(self.connections), timeout)
         for server in list(self.connections):
-            server._leave(SHUTTING_DOWN, after="transaction")
+            server._leave(SHUTTING_DOWN, after=AFTER_TRANSACTION)
         if self.connections:
             try:
                 await asyncio.wait_for(emptied.wait(), timeout)
@@ -190,7 +191,7 @@ class Operations:
                 pass
         delivering = 0
         for server in list(self.connections):
-            delivering += server._leave(SHUTTING_DOWN, after="delivery")
+            delivering += server._leave(SHUTTING_DOWN, after=AFTER_DELIVERY)
         if delivering:
             log.warning("Drain deadline passed; waiting for %d handlers delivering", delivering)
         # A closing connection may linger (a client that reads nothing keeps

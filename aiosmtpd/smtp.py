@@ -9,7 +9,8 @@ MAIL/RCPT/DATA/BDAT in ``_transaction``, AUTH in ``_auth``, STARTTLS in
 ``_starttls``, XCLIENT in ``_xclient``; the PROXY header in ``_proxy_flow``.
 The pieces that need no I/O are pure modules: the received bytes and their
 phase in ``_receiver``, the command gate in ``_command_gate``, the argument
-grammar in ``_grammar``, DATA framing in ``_framing``.
+grammar in ``_grammar``, DATA framing in ``_framing``, when a connection may
+be ended in ``_departure``; AUTH's state and decisions are ``_auth.AuthState``.
 
 Data flows one way: socket bytes -> receiver -> command line (gate) or
 message pieces -> ``smtp_<VERB>`` method -> handler hook -> reply.
@@ -63,6 +64,7 @@ from aiosmtpd._auth import login_always_fail as login_always_fail
 from aiosmtpd._command_gate import BOGUS_LIMIT as BOGUS_LIMIT
 from aiosmtpd._command_gate import CALL_LIMIT_DEFAULT as CALL_LIMIT_DEFAULT
 from aiosmtpd._command_gate import CommandGate, CommandSizeLimits, call_limits
+from aiosmtpd._departure import AFTER_DELIVERY, Departure
 from aiosmtpd._discovery import (
     NO_HOOKS,
     command_names,
@@ -240,12 +242,10 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         "_ehlo_hook_ver", "_call_limit_base", "_call_limit_default", "_smtp_commands",
         "_receiver", "_waiter", "_reading_paused", "_handler_coroutine",
         "_original_transport", "_tls_protocol", "_tls_handshake_okay",
-        "_reader_view", "_writer_view",
-        "_auth_required", "_auth_require_tls", "_auth_failure_limit", "_auth_failures",
-        "_authenticator", "_auth_callback",
-        "_auth_methods", "_inline", "_run", "_suspended", "_turn", "_gate",
-        "_ops", "_metrics", "_busy", "_delivering", "_message",
-        "_goodbye", "_goodbye_after", "_session_timer", "_data_timeout", "_session_timeout",
+        "_reader_view", "_writer_view", "_auth",
+        "_inline", "_run", "_suspended", "_turn", "_gate",
+        "_ops", "_metrics", "_departure", "_message",
+        "_session_timer", "_data_timeout", "_session_timeout",
         "_tls_handshake_timeout", "_brief_tls_errors", "_cork", "_linger",
         "enable_PIPELINING", "enable_ENHANCEDSTATUSCODES", "enable_DSN", "enable_CHUNKING",
         "_xclient_trusted",
@@ -253,14 +253,6 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
 
     # The command budgets, made when the greeting is sent (_begin_commands).
     _gate: CommandGate
-    # AUTH's settings and state, set up by _auth._init_auth.
-    _auth_required: bool
-    _auth_require_tls: bool
-    _authenticator: Optional[AuthenticatorType]
-    _auth_callback: AuthCallbackType
-    _auth_methods: dict[str, tuple[str, bool]]
-    _auth_failures: int
-    _auth_failure_limit: Optional[int]
     # XCLIENT's trusted networks, set up by _xclient._init_xclient.
     _xclient_trusted: Optional[tuple[Network, ...]]
 
@@ -346,16 +338,11 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         )
         self._brief_tls_errors = brief_tls_errors
         self._attach(operations)
-        # Whether a command runs, and whether the handler is delivering a
-        # message (a drain or a session deadline never cuts that short).
-        self._busy = False
-        self._delivering = False
+        # When a connection the server wants to end may be ended (drain,
+        # session deadline): never while a command runs or the handler delivers.
+        self._departure = Departure()
         # The message being received (DATA, or BDAT chunks until LAST).
         self._message: Optional[Incoming] = None
-        # The 421 to send, and when, once the connection must end (drain,
-        # session deadline): after="transaction" or "delivery".
-        self._goodbye: Optional[str] = None
-        self._goodbye_after = ""
         # Replies held back while pipelined command lines wait (see _flush).
         self._cork: Optional[list[bytes]] = None
         # Set while a goodbye lingers (see _say_goodbye): input is dropped.
@@ -364,7 +351,9 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         self.enable_ENHANCEDSTATUSCODES = enable_ENHANCEDSTATUSCODES
         self.enable_DSN = enable_DSN
         self.enable_CHUNKING = enable_CHUNKING
-        self._init_auth(
+        # AUTH's settings, mechanisms and failed attempts (_auth.AuthState).
+        self._auth = _auth.auth_state(
+            self,
             handler,
             auth_required=auth_required,
             auth_require_tls=auth_require_tls,
@@ -698,19 +687,15 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
     def _leave(self, reply: str, after: str) -> int:
         """End the connection with ``reply`` as soon as it is safe: now if
         it is idle, else after its transaction (``after="transaction"``) or
-        after the handler's delivery (``"delivery"``).  Returns 1 when a
-        handler is delivering (the caller waits for it), else 0."""
+        after the handler's delivery (``"delivery"``); ``Departure`` decides.
+        Returns 1 when a handler is delivering (the caller waits for it), else 0."""
         if self._ending():
             return 0
-        waits = self._delivering or (
-            after == "transaction" and (self._busy or self._in_transaction())
-        )
-        if not waits:
+        departure = self._departure
+        if departure.leave(reply, after, self._in_transaction()):
             self._say_goodbye(reply)
             return 0
-        if self._goodbye is None or after == "delivery":
-            self._goodbye, self._goodbye_after = reply, after
-        return int(self._delivering)
+        return int(departure.delivering)
 
     def _ending(self) -> bool:
         """Whether the connection is gone or closing (or saying goodbye)."""
@@ -726,23 +711,23 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         return self.envelope is not None and bool(self.envelope.mail_from)
 
     def _leaving_now(self) -> bool:
-        """After a command: whether a pending goodbye is due (then sent)."""
-        assert self._goodbye is not None
-        if self._goodbye_after == "transaction" and self._in_transaction():
+        """After a command: whether a goodbye that waited is due (then sent)."""
+        reply = self._departure.due(self._in_transaction())
+        if reply is None:
             return False
-        self._say_goodbye(self._goodbye)
+        self._say_goodbye(reply)
         return True
 
     def _closing_done(self) -> bool:
         """Whether nothing here is worth waiting for any more (for drain)."""
         transport = self.transport
-        return not self._delivering and (transport is None or transport.is_closing())
+        return self._departure.settled(transport is None or transport.is_closing())
 
     def _session_expired(self) -> None:
         self._session_timer = None
         log.info("%r session timeout", self.session.peer if self.session else None)
         self._count(_m.TIMEOUT_SESSION)
-        self._leave(SESSION_TOO_LONG, after="delivery")
+        self._leave(SESSION_TOO_LONG, after=AFTER_DELIVERY)
 
     def _data_expired(self) -> None:
         log.info("%r DATA timeout", self.session.peer if self.session else None)
@@ -916,7 +901,7 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
 
     async def check_auth_needed(self, caller_method: str) -> bool:
         assert self.session is not None
-        if self._auth_required and not self.session.authenticated:
+        if self._auth.needed(self.session.authenticated):
             log.info("%s: Authentication required", caller_method)
             await self.push("530 5.7.0 Authentication required")
             return True
@@ -986,8 +971,6 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
     _read_data = _transaction._read_data
 
     # AUTH and its mechanisms (_auth)
-    _auth_method = _auth._auth_method
-    _auth_advertised = _auth._auth_advertised
     _authenticate = _auth._authenticate
     _decode_response = _auth._decode_response
     _auth_interact = _auth._auth_interact
@@ -999,12 +982,17 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
     _sasl_oauthbearer = _auth._sasl_oauthbearer
     smtp_AUTH = _auth.smtp_AUTH
     _auth_failed = _auth._auth_failed
-    _find_mechanism = _auth._find_mechanism
     _apply_auth_result = _auth._apply_auth_result
-    _init_auth = _auth._init_auth
     challenge_auth = _auth.challenge_auth
     _exchange = _auth._exchange
     _bearer_exchange = _auth._bearer_exchange
+    # AUTH's settings under their 1.4.6 names, read and set by code written
+    # for it (testing._protocol sets _auth_required); they live in self._auth.
+    _auth_methods = _auth.setting("methods")
+    _authenticator = _auth.setting("authenticator")
+    _auth_callback = _auth.setting("callback")
+    _auth_required = _auth.setting("required")
+    _auth_require_tls = _auth.setting("require_tls")
 
     # STARTTLS (_starttls)
     smtp_STARTTLS = _starttls.smtp_STARTTLS

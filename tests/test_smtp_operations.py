@@ -335,7 +335,7 @@ def test_session_timeout_waits_for_the_delivery(start: Any, lt: LoopThread) -> N
         c.cmd("DATA")
         c.send(b"hi\r\n.\r\n")
         # The deadline passes while the handler delivers: it is not cut.
-        assert wait_for(lambda: server.last._goodbye == SESSION_TOO_LONG, lt)
+        assert wait_for(lambda: server.last._departure.reply == SESSION_TOO_LONG, lt)
         lt.call(handler.release.set)
         assert c.text() == "250 stored"
         assert c.text() == SESSION_TOO_LONG
@@ -459,10 +459,10 @@ def test_drain_never_cancels_a_delivering_handler(start: Any, lt: LoopThread) ->
         in_transaction(c)
         c.cmd("DATA")
         c.send(b"hi\r\n.\r\n")
-        assert wait_for(lambda: server.last._delivering, lt)
+        assert wait_for(lambda: server.last._departure.delivering, lt)
         drained = begin_drain(server, ops, timeout=0.2)
         # Past the deadline the drain still waits for the handler.
-        assert wait_for(lambda: server.last._goodbye_after == "delivery", lt)
+        assert wait_for(lambda: server.last._departure.after == "delivery", lt)
         assert not drained.done()
         lt.call(handler.release.set)
         assert c.text() == "250 stored"
