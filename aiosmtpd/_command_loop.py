@@ -336,8 +336,12 @@ def _answer_lines(self: SMTP) -> None:
         if not more:
             # No complete line was left, and a command only ever takes
             # bytes: nothing to answer until the next read.
-            if self._run is IDLE and self._reading_paused:
-                self._resume_reading()
+            if self._run is IDLE:
+                transport = self.transport
+                if transport is None or transport.is_closing():
+                    self._to(CLOSED)  # QUIT, say: served to the end
+                elif self._reading_paused:
+                    self._resume_reading()
             return
 
 

@@ -336,3 +336,27 @@ def test_login_data_deprecation_logged(caplog: pytest.LogCaptureFixture) -> None
     assert [r.getMessage() for r in caplog.records if r.name == "mail.log"] == [
         "Session.login_data is deprecated and will be removed in version 2.0"
     ]
+
+
+def test_quit_is_not_logged_as_a_lost_connection(
+    start: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A session that ends with QUIT was served to the end: the log says
+    the connection was lost (when the close comes back) but never that a
+    command was cut short."""
+    server = start()
+    with caplog.at_level(logging.INFO, logger="mail.log"):
+        with server.client() as c:
+            assert c.cmd("NOOP") == "250 OK"
+            assert c.cmd("QUIT") == "221 Bye"
+            assert c.is_closed()
+        assert wait_closed(server)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.endswith("connection lost") for m in messages), messages
+    assert not any(m.endswith("Connection lost during _handle_client()") for m in messages)
+
+
+def wait_closed(server: Server) -> bool:
+    from tests._server import wait_for
+
+    return wait_for(lambda: server.last.transport is None, server.lt)
