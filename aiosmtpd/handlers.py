@@ -309,11 +309,16 @@ class Mailbox(Message):
 
     @classmethod
     def from_cli(cls, parser: ArgumentParser, *args: str) -> Mailbox:
-        if len(args) < 1:
-            parser.error("The directory for the maildir is required")
-        elif len(args) > 1:
-            parser.error("Too many arguments for Mailbox handler")
-        return cls(args[0])
+        return cls(_maildir_argument(parser, args, "Mailbox"))
+
+
+def _maildir_argument(parser: ArgumentParser, args: tuple[str, ...], handler: str) -> str:
+    """The one command-line argument of a Maildir-writing handler."""
+    if len(args) < 1:
+        parser.error("The directory for the maildir is required")
+    elif len(args) > 1:
+        parser.error(f"Too many arguments for {handler} handler")
+    return args[0]
 
 
 # ------------------------------------------------------------ streaming to disk
@@ -515,11 +520,7 @@ class Maildir:
 
     @classmethod
     def from_cli(cls, parser: ArgumentParser, *args: str) -> Maildir:
-        if len(args) < 1:
-            parser.error("The directory for the maildir is required")
-        elif len(args) > 1:
-            parser.error("Too many arguments for Maildir handler")
-        return cls(args[0])
+        return cls(_maildir_argument(parser, args, "Maildir"))
 
     def trace_headers(self, session: Session, envelope: Envelope) -> bytes:
         """The header lines written before the message (CRLF line ends).

@@ -409,6 +409,22 @@ def _idle_run(scenario: Scenario, server: launch.Server) -> tuple[procstat.Sampl
         proc.stderr.close()
 
 
+def _wait_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Wait for load generators that were told to stop; each must succeed."""
+    for proc in procs:
+        proc.wait(30)
+        if proc.returncode != 0:
+            raise RuntimeError(f"loadgen exit {proc.returncode}")
+
+
+def _reap(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Kill what still runs (after a failure) and collect every process."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
 def _json_line(proc: subprocess.Popen[bytes], timeout: float, what: str) -> dict[str, Any]:
     """The next JSON line a loadgen process prints, waiting at most *timeout* s."""
     assert proc.stdout is not None
@@ -464,15 +480,9 @@ def _flood_run(scenario: Scenario, port: int) -> dict[str, float]:
         flood.stdin.write(b"\n")
         flood.stdin.flush()
         flooded = _json_line(flood, 30, "flood")
-        for proc in procs:
-            proc.wait(30)
-            if proc.returncode != 0:
-                raise RuntimeError(f"loadgen exit {proc.returncode}")
+        _wait_all(procs)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=30)
+        _reap(procs)
     if flooded.get("stopped_by") != "stdin":
         raise RuntimeError(f"the flood stopped before the bystander was done: {flooded}")
     rtt = timed["rtt_ms"]
@@ -575,15 +585,9 @@ def _fairness_run(
         tell(small)
         timed = _json_line(small, 120, "small client")
         stall = monitor.mark()
-        for proc in procs:
-            proc.wait(30)
-            if proc.returncode != 0:
-                raise RuntimeError(f"loadgen exit {proc.returncode}")
+        _wait_all(procs)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=30)
+        _reap(procs)
     if timed.get("stopped_by") != "stdin":
         raise RuntimeError(f"the small client stopped before the big messages were done: {timed}")
     latency = timed["latency_ms"]

@@ -200,12 +200,10 @@ def test_reader_keeping_content_holds_little_in_its_buffer() -> None:
     assert taken == 1_500 * len(chunk) and bytes(buf[n:]) == b"QUIT\r\n"
 
 
-@settings(max_examples=600, deadline=None)
-@given(stream=streams, cuts=cut_lists)
-def test_pieces_unstuff_one_by_one(stream: bytes, cuts: list[int]) -> None:
-    """Each piece ends just before a CRLF, so un-stuffing piece by piece,
-    and the bare CR/LF check over the pieces, give what they give on the
-    whole content (which the streaming hook relies on)."""
+def pieces_of(stream: bytes, cuts: list[int]) -> Optional[list[bytes]]:
+    """The pieces a reader (line limit 30) hands out for ``stream`` fed in
+    ``cuts``; None when the data does not end or breaks a limit (the engine
+    then abandons what it was handed)."""
     reader = DataReader(None, 30)
     buf = bytearray()
     pieces: list[bytes] = []
@@ -215,11 +213,19 @@ def test_pieces_unstuff_one_by_one(stream: bytes, cuts: list[int]) -> None:
         pieces += reader.pieces
         reader.pieces.clear()
         if n is not None:
-            break
-    else:
+            return None if reader.error is not None else pieces
+    return None
+
+
+@settings(max_examples=600, deadline=None)
+@given(stream=streams, cuts=cut_lists)
+def test_pieces_unstuff_one_by_one(stream: bytes, cuts: list[int]) -> None:
+    """Each piece ends just before a CRLF, so un-stuffing piece by piece,
+    and the bare CR/LF check over the pieces, give what they give on the
+    whole content (which the streaming hook relies on)."""
+    pieces = pieces_of(stream, cuts)
+    if pieces is None:
         return
-    if reader.error is not None:
-        return  # the engine abandons what it was handed
     whole = b"".join(pieces)
     for piece in pieces[1:]:
         assert piece.startswith(b"\r\n")
@@ -242,21 +248,10 @@ def test_large_pieces_are_cut_just_before_a_crlf(
 
     saved, framing.PIECE_SIZE = framing.PIECE_SIZE, piece_size
     try:
-        reader = DataReader(None, 30)
-        buf = bytearray()
-        pieces: list[bytes] = []
-        for chunk in split(stream, cuts):
-            buf += chunk
-            n = reader.feed(buf)
-            pieces += reader.pieces
-            reader.pieces.clear()
-            if n is not None:
-                break
-        else:
-            return
+        pieces = pieces_of(stream, cuts)
     finally:
         framing.PIECE_SIZE = saved
-    if reader.error is not None:
+    if pieces is None:
         return
     whole = b"".join(pieces)
     assert whole == ref_read(stream, None, 30)[2]  # type: ignore[index]
