@@ -81,6 +81,7 @@ import ssl
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 CLIENT_NAME = b"client.bench.localhost"
 SERVER_NAME = "bench.localhost"
@@ -431,21 +432,34 @@ async def stream(args: argparse.Namespace, tls: ssl.SSLContext | None) -> dict[s
 IDLE_TRANSACTIONS = 20
 
 
+def _lockstep_connection(args: argparse.Namespace) -> socket.socket:
+    """A blocking connection for one command at a time.  Every wait is
+    bounded: one reply may take long under load, not forever."""
+    sock = socket.create_connection(("127.0.0.1", args.port), timeout=args.max_seconds + 60)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _replies(sock: socket.socket, who: str) -> Callable[[bytes], None]:
+    """reply(expect): read one (multi-line) reply; it must start with expect."""
+    reader = sock.makefile("rb")
+
+    def reply(expect: bytes) -> None:
+        while True:
+            line = reader.readline(1024)
+            if not line or line[3:4] != b"-":
+                break
+        if not line.startswith(expect):
+            raise SMTPError(f"{who}: expected {expect!r}, got {line!r}")
+
+    return reply
+
+
 def small_loop(args: argparse.Namespace) -> dict[str, object]:
     """Lock-step small transactions on one connection until told to stop."""
     message = make_message(args.size)
-    hard = args.max_seconds + 60
-    with socket.create_connection(("127.0.0.1", args.port), timeout=hard) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        reader = sock.makefile("rb")
-
-        def reply(expect: bytes) -> None:
-            while True:
-                line = reader.readline(1024)
-                if not line or line[3:4] != b"-":
-                    break
-            if not line.startswith(expect):
-                raise SMTPError(f"small client: expected {expect!r}, got {line!r}")
+    with _lockstep_connection(args) as sock:
+        reply = _replies(sock, "small client")
 
         def transaction() -> None:
             sock.sendall(MAIL)
@@ -720,20 +734,8 @@ async def flood(args: argparse.Namespace, tls: ssl.SSLContext | None) -> dict[st
 
 def bystander(args: argparse.Namespace) -> dict[str, object]:
     """Sequential NOOP round trips on a connection of its own (blocking socket)."""
-    # Every wait is bounded: one reply may take long under a flood, not forever.
-    hard = args.max_seconds + 60
-    with socket.create_connection(("127.0.0.1", args.port), timeout=hard) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        reader = sock.makefile("rb")
-
-        def reply(expect: bytes) -> None:
-            while True:
-                line = reader.readline(1024)
-                if not line or line[3:4] != b"-":
-                    break
-            if not line.startswith(expect):
-                raise SMTPError(f"bystander: expected {expect!r}, got {line!r}")
-
+    with _lockstep_connection(args) as sock:
+        reply = _replies(sock, "bystander")
         reply(b"220")
         sock.sendall(b"EHLO " + CLIENT_NAME + b"\r\n")
         reply(b"250")
