@@ -131,6 +131,22 @@ def test_the_hook_reply_is_sent_and_content_stays_none(start: ServerFactory) -> 
     assert seen == [(None, None, 5)]
 
 
+def test_chunks_are_bytes_even_with_decode_data(start: ServerFactory) -> None:
+    kinds: list[type] = []
+
+    class Kinds(Streamer):
+        async def handle_DATA_STREAM(self, server: SMTP, session: Session,
+                                     envelope: Envelope, body: MessageBody) -> str:
+            async for chunk in body:
+                kinds.append(type(chunk))
+            return "250 OK"
+
+    with start(Kinds(), decode_data=True).client() as c:
+        transaction(c)
+        assert send_data(c, b"caf\xc3\xa9\r\n") == "250 OK"
+    assert kinds and set(kinds) == {bytes}
+
+
 def test_stream_wins_over_handle_data(start: ServerFactory) -> None:
     class Both(Streamer):
         async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
