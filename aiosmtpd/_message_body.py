@@ -42,6 +42,7 @@ TRANSACTION_RESET = "transaction reset"
 TOO_MUCH_DATA = "message too big"
 LINE_TOO_LONG = "line too long"
 BARE_LINE_ENDING = "bare CR or LF"
+NOT_ASCII = "not ASCII"  # decode_data=True without SMTPUTF8
 
 
 class MessageAborted(Exception):
@@ -158,8 +159,8 @@ _orphans: set[asyncio.Task[Any]] = set()
 class Incoming:
     """One message being received: its pieces, checks and destination."""
 
-    __slots__ = ("stuffed", "size", "pieces", "body", "hook", "unseen", "_bare", "_tail",
-                 "_debug")
+    __slots__ = ("stuffed", "size", "pieces", "body", "hook", "unseen", "ascii_only",
+                 "_not_ascii", "_bare", "_tail", "_debug")
 
     def __init__(self, *, stuffed: bool, strict: bool, keep: bool = True) -> None:
         #: DATA's pieces are dot-stuffed; BDAT's are as the message is.
@@ -172,6 +173,10 @@ class Incoming:
         self.body: Optional[MessageBody] = None
         self.hook: Optional[asyncio.Task[Any]] = None
         self._bare = BareLineEndings() if strict else None
+        #: A stream of a server with decode_data=True and no SMTPUTF8: the
+        #: message must be ASCII, as handle_DATA's would be to be decoded.
+        self.ascii_only = False
+        self._not_ascii = False
         #: Nothing looks at the message (not kept, checked or streamed).
         self.unseen = not keep and not strict
         # The start of a line not yet logged (DEBUG only).
@@ -200,6 +205,9 @@ class Incoming:
             if self._bare.found:
                 self.abandon(BARE_LINE_ENDING)
                 return None
+        if self.ascii_only and not raw.isascii():
+            self._not_ascii = True
+            self.abandon(NOT_ASCII)  # bare line endings are still looked for
         if self._debug:
             self._log(raw)
         if self.body is not None:
@@ -208,16 +216,19 @@ class Incoming:
             self.pieces.append(unstuff(raw) if self.stuffed else raw)
         return None
 
-    def finish(self) -> bool:
-        """The whole message is in; False if it breaks strict line endings."""
+    def finish(self) -> Optional[str]:
+        """The whole message is in: None, or the check it fails
+        (BARE_LINE_ENDING before NOT_ASCII, the order of handle_DATA's)."""
         if self._debug and self._tail:
             log.debug("DATA readline: %s", self._tail)
         if self._bare is not None and self._bare.finish():
             self.abandon(BARE_LINE_ENDING)
-            return False
+            return BARE_LINE_ENDING
+        if self._not_ascii:
+            return NOT_ASCII
         if self.body is not None:
             self.body._end()
-        return True
+        return None
 
     def abandon(self, reason: str) -> None:
         """The message will not be delivered: drop it, tell a stream hook."""

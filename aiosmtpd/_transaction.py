@@ -20,8 +20,10 @@ from aiosmtpd._framing import DataError, DataReader, parse_bdat
 from aiosmtpd._hooks import MISSING, syntax
 from aiosmtpd._inline import is_own
 from aiosmtpd._message_body import (
+    BARE_LINE_ENDING,
     CONNECTION_LOST,
     LINE_TOO_LONG,
+    NOT_ASCII,
     TOO_MUCH_DATA,
     TRANSACTION_RESET,
     Incoming,
@@ -277,6 +279,8 @@ def _incoming(self: SMTP, stuffed: bool) -> Incoming:
     if hook is not None:
         # Its own Task, now: it reads while the message arrives.
         incoming.stream_to(self.loop, hook, self, self.session, self.envelope)
+        # A message handle_DATA could not have decoded is refused here too.
+        incoming.ascii_only = self._decode_data and not self.enable_SMTPUTF8
     return incoming
 
 
@@ -284,8 +288,12 @@ async def _deliver_message(self: SMTP, incoming: Incoming) -> None:
     """Check, decode and deliver a message received whole: DATA's, or
     BDAT's at its LAST chunk."""
     assert self.envelope is not None
-    if not incoming.finish():
+    failure = incoming.finish()
+    if failure is BARE_LINE_ENDING:
         await self._data_failed("554 5.6.0 Error: bare CR or LF in message data")
+        return
+    if failure is NOT_ASCII:
+        await self._data_failed(self._code("500 Error: strict ASCII mode", "5.6.0"))
         return
     if incoming.pieces is None:
         # Streamed to a hook, or nothing can see it: only the verdict.

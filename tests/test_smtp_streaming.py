@@ -141,10 +141,27 @@ def test_chunks_are_bytes_even_with_decode_data(start: ServerFactory) -> None:
                 kinds.append(type(chunk))
             return "250 OK"
 
-    with start(Kinds(), decode_data=True).client() as c:
+    with start(Kinds(), decode_data=True, enable_SMTPUTF8=True).client() as c:
         transaction(c)
         assert send_data(c, b"caf\xc3\xa9\r\n") == "250 OK"
     assert kinds and set(kinds) == {bytes}
+
+
+def test_with_decode_data_a_stream_must_be_what_handle_data_could_decode(
+    start: ServerFactory,
+) -> None:
+    """decode_data=True without SMTPUTF8: handle_DATA would refuse a message
+    that is not ASCII, so the stream is aborted and refused the same way."""
+    handler, recorder = Streamer(), Recorder()
+    replies = []
+    for h in (handler, recorder):
+        with start(h, decode_data=True).client() as c:
+            transaction(c)
+            replies.append(send_data(c, b"plain\r\ncaf\xc3\xa9\r\n"))
+            assert c.cmd("NOOP") == "250 OK"
+    assert replies == ["500 Error: strict ASCII mode"] * 2
+    assert handler.ended.wait(WAIT)
+    assert handler.aborted == ["not ASCII"] and handler.messages == []
 
 
 def test_stream_wins_over_handle_data(start: ServerFactory) -> None:
