@@ -241,6 +241,7 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         "_timeout_handle", "_last_activity", "_proxy_timeout", "_handle_hooks",
         "_ehlo_hook_ver", "_call_limit_base", "_call_limit_default", "_smtp_commands",
         "_receiver", "_waiter", "_reading_paused", "_handler_coroutine",
+        "_writable", "_lost", "_lost_waiter",
         "_original_transport", "_tls_protocol", "_tls_handshake_okay",
         "_reader_view", "_writer_view", "_auth",
         "_inline", "_run", "_suspended", "_turn", "_gate",
@@ -389,6 +390,13 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         self._waiter: Optional[asyncio.Future[None]] = None
         self._reading_paused = False
         self._handler_coroutine: Optional[asyncio.Task[None]] = None
+        # Flow control of our own (pause_writing / resume_writing, public
+        # protocol callbacks) rather than asyncio's private helpers: a
+        # future while the transport's write buffer is over its high mark;
+        # whether the connection is lost, and a future for _wait_closed.
+        self._writable: Optional[asyncio.Future[None]] = None
+        self._lost = False
+        self._lost_waiter: Optional[asyncio.Future[None]] = None
         # Commands run inside data_received when the class allows it (see
         # _pump); _run says who serves the commands now, _suspended holds the
         # inline command that waits for client bytes.
@@ -589,6 +597,10 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         if self._original_transport is not None:
             self._original_transport.close()
         super().connection_lost(exc)
+        self._lost = True
+        _wake(self._writable)
+        _wake(self._lost_waiter)
+        self._writable = self._lost_waiter = None
         self._stop_commands()
         self._abandon_message(CONNECTION_LOST)  # BDAT chunks that had no LAST
         self.transport = None
@@ -769,7 +781,7 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
             # As upstream logs them (docs/decisions.rst, "One log record per reply line").
             for line in lines or (data,):
                 log.debug("%r << %r", self.session.peer if self.session else None, line)
-        if self._paused:  # type: ignore[attr-defined]
+        if self._writable is not None:
             await self._drain()
 
     def _flush(self) -> None:
@@ -788,13 +800,32 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
             return self._writer_view._transport
         return self.transport
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._writable is None:
+            self._writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        _wake(self._writable)
+        self._writable = None
+
     async def _drain(self) -> None:
-        """Wait while the transport's write buffer is over its high mark."""
-        await self._drain_helper()  # type: ignore[attr-defined]
+        """Wait while the transport's write buffer is over its high mark;
+        ConnectionResetError once the connection is lost (as
+        ``StreamWriter.drain``)."""
+        if not self._lost and self._writable is not None:
+            await self._writable
+        if self._lost:
+            raise ConnectionResetError("Connection lost")
 
     async def _wait_closed(self) -> None:
         """Wait until the connection is lost."""
-        await asyncio.shield(self._get_close_waiter(self))  # type: ignore[attr-defined]
+        if self._lost:
+            return
+        if self._lost_waiter is None:
+            self._lost_waiter = self.loop.create_future()
+        await asyncio.shield(self._lost_waiter)
 
     # -- Upstream's internals that code written for it uses -------------------------
 
@@ -1018,6 +1049,11 @@ def _serves_itself(server: SMTP) -> bool:
         type(server)._handle_client is _OWN_HANDLE_CLIENT
         and "_handle_client" not in server.__dict__
     )
+
+
+def _wake(waiter: Optional[asyncio.Future[None]]) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 def _checked_timeout(name: str, value: Optional[float]) -> Optional[float]:

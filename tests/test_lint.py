@@ -43,3 +43,21 @@ def test_mypy_strict() -> None:
 
 def test_ruff_check() -> None:
     run_tool("ruff", "check", "--output-format=concise", ".")
+
+
+# Private attributes of asyncio's classes the engine once used; they may
+# change in any Python release (docs/internals.rst).
+ASYNCIO_PRIVATES = ("_paused", "_drain_helper", "_get_close_waiter", "_drain_waiters")
+
+
+def test_no_private_asyncio_attributes() -> None:
+    import re
+
+    pattern = re.compile(r"\.(" + "|".join(ASYNCIO_PRIVATES) + r")\b")
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted((ROOT / "aiosmtpd").rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not found, "\n".join(found)

@@ -1,4 +1,5 @@
-"""Handler hooks, exceptions and extension points (smtp.md 9) over loopback sockets."""
+"""Handler hooks, exceptions and extension points (docs/smtp.rst, "Hooks") over
+loopback sockets."""
 
 from __future__ import annotations
 
@@ -172,7 +173,7 @@ def test_hook_returning_non_text(start: ServerFactory, value: Any, type_name: st
             return value
 
     with start(H()).client() as c:
-        # Decision (smtp.md 9.5).
+        # A deviation from 1.4.6 (CHANGES.rst: a hook returning non-str/bytes).
         assert c.cmd("NOOP") == (
             f"500 Error: (TypeError) push() argument must be str or bytes, not {type_name}"
         )
@@ -281,7 +282,8 @@ def test_handle_exception_returning_none(start: ServerFactory, caplog: Any) -> N
     caplog.set_level(logging.ERROR, logger="mail.log")
     with start(Handled(None)).client() as c:
         c.cmd("HELO x")
-        # Decision (smtp.md 9.6): the default text, and the session goes on.
+        # The default text, and the session goes on (CHANGES.rst:
+        # handle_exception returning a non-string).
         assert c.cmd("MAIL FROM:<a@b>") == "500 Error: (ValueError) boom"
         assert c.cmd("NOOP") == "250 OK"
     assert any(r.levelno == logging.ERROR for r in caplog.records)
@@ -387,7 +389,8 @@ class WithServerHooks(SMTP):
 
 
 def test_ehlo_hook_runs_before_final_line(start: ServerFactory) -> None:
-    # Decision (smtp.md 8.2): just before the final line, not before the first.
+    # Just before the final line, not before the first (CHANGES.rst: the
+    # deprecated ehlo_hook()).
     with recorded_warnings() as caught:
         with start(cls=WithServerHooks).client() as c:
             assert c.multi("EHLO x") == [
@@ -592,7 +595,8 @@ def test_slow_hook_does_not_block_other_connections(start: ServerFactory, lt: Lo
 
 
 def test_argument_forms(start: ServerFactory) -> None:
-    """smtp.md 6 step 7: None without an argument, "" for spaces only."""
+    """None without an argument, "" for spaces only (docs/decisions.rst,
+    "Command arguments")."""
     seen: list[Optional[str]] = []
 
     class H:

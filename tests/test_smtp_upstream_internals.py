@@ -267,6 +267,38 @@ class ReaderInHook:
         return "250 OK"
 
 
+def test_writer_wait_closed_and_drain_after_close(start: ServerFactory) -> None:
+    """``_writer.wait_closed()`` returns once the connection is lost, and
+    ``drain()`` then raises ConnectionResetError, as StreamWriter's do."""
+    seen: list[str] = []
+    watchers: list[asyncio.Task[None]] = []
+
+    async def watch(writer: Any) -> None:
+        # Outside the command: its Task ends with the connection.
+        await writer.wait_closed()
+        seen.append("closed")
+        await writer.wait_closed()  # again: at once
+        try:
+            await writer.drain()
+        except ConnectionResetError:
+            seen.append("reset")
+
+    class ClosingSMTP(SMTP):
+        async def smtp_XCLOSE(self, arg: Optional[str]) -> None:
+            writer = self._writer
+            watchers.append(asyncio.ensure_future(watch(writer)))
+            writer.write(b"221 closing\r\n")
+            await writer.drain()
+            writer.close()
+
+    srv = start(Sink(), cls=ClosingSMTP)
+    with RawClient(srv.port) as client:
+        client.send(b"XCLOSE\r\n")
+        assert client.text() == "221 closing"
+        assert client.is_closed()
+    assert wait_for(lambda: seen == ["closed", "reset"], srv.lt)
+
+
 def test_reader_in_a_handler_hook(start: ServerFactory) -> None:
     # The default SMTP class: commands run inline, the hook in a Task.
     handler = ReaderInHook()
