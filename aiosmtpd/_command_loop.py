@@ -31,7 +31,6 @@ from aiosmtpd._inline import (
     Resume,
     Run,
 )
-from aiosmtpd._receiver import TOO_LONG
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiosmtpd.smtp import SMTP
@@ -146,7 +145,7 @@ async def _readline(self: SMTP, limit: Optional[int] = None) -> Optional[bytes]:
     while True:
         line = receiver.line(limit)
         if line is not None:
-            return None if line is TOO_LONG else line  # type: ignore[return-value]
+            return line if isinstance(line, bytes) else None  # None: TOO_LONG
         await self._wait_for_data()
 
 
@@ -177,7 +176,7 @@ async def _open_session(self: SMTP, greeted: bool) -> bool:
 
 def _begin_commands(self: SMTP) -> None:
     """Start the per-connection command budgets, after the greeting."""
-    self._gate = CommandGate(self._call_limit_base, self._call_limit_default)
+    self._gate = CommandGate(*self._call_limits)
 
 
 def _lost_during_command(self: SMTP) -> None:
@@ -332,7 +331,8 @@ def _answer_lines(self: SMTP) -> None:
             # Pipelined: more lines wait behind this one.  Their replies
             # go out together when no complete line is left (_flush).
             self._cork = []
-        self._drive(self._process_line(None if line is TOO_LONG else line))  # type: ignore[arg-type]
+        # None: TOO_LONG, a line that was too long and has been dropped.
+        self._drive(self._process_line(line if isinstance(line, bytes) else None))
         if not more:
             # No complete line was left, and a command only ever takes
             # bytes: nothing to answer until the next read.

@@ -239,9 +239,9 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         "_decode_data", "_strict_line_endings", "_max_recipients", "_idle_timeout",
         "_timeout_duration",
         "_timeout_handle", "_last_activity", "_proxy_timeout", "_handle_hooks",
-        "_ehlo_hook_ver", "_call_limit_base", "_call_limit_default", "_smtp_commands",
+        "_ehlo_hook_ver", "_call_limits", "_smtp_commands",
         "_receiver", "_waiter", "_reading_paused", "_handler_coroutine",
-        "_writable", "_lost", "_lost_waiter",
+        "_writable", "_lost_waiter",
         "_original_transport", "_tls_protocol", "_tls_handshake_okay",
         "_reader_view", "_writer_view", "_auth",
         "_inline", "_run", "_suspended", "_turn", "_gate",
@@ -370,7 +370,8 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
             for name in names_with_prefix(handler, "handle_")
         } or NO_HOOKS
         self._ehlo_hook_ver = ehlo_hook_version(self._handle_hooks.get("EHLO"))
-        self._call_limit_base, self._call_limit_default = call_limits(command_call_limit)
+        # (per-command limits, default), for the budgets made at the greeting.
+        self._call_limits = call_limits(command_call_limit)
 
         self.command_size_limits = CommandSizeLimits(
             self.command_size_limit, type(self).command_size_limits
@@ -393,10 +394,11 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         # Flow control of our own (pause_writing / resume_writing, public
         # protocol callbacks) rather than asyncio's private helpers: a
         # future while the transport's write buffer is over its high mark;
-        # whether the connection is lost, and a future for _wait_closed.
+        # a future for _wait_closed, or _LOST once the connection is lost.
+        # (Two slots, not three: one more pushes the instance into a larger
+        # allocator size class, which idle connections pay for.)
         self._writable: Optional[asyncio.Future[None]] = None
-        self._lost = False
-        self._lost_waiter: Optional[asyncio.Future[None]] = None
+        self._lost_waiter: Union[None, asyncio.Future[None], object] = None
         # Commands run inside data_received when the class allows it (see
         # _pump); _run says who serves the commands now, _suspended holds the
         # inline command that waits for client bytes.
@@ -597,10 +599,10 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         if self._original_transport is not None:
             self._original_transport.close()
         super().connection_lost(exc)
-        self._lost = True
         _wake(self._writable)
-        _wake(self._lost_waiter)
-        self._writable = self._lost_waiter = None
+        if isinstance(self._lost_waiter, asyncio.Future):
+            _wake(self._lost_waiter)
+        self._writable, self._lost_waiter = None, _LOST
         self._stop_commands()
         self._abandon_message(CONNECTION_LOST)  # BDAT chunks that had no LAST
         self.transport = None
@@ -814,18 +816,21 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         """Wait while the transport's write buffer is over its high mark;
         ConnectionResetError once the connection is lost (as
         ``StreamWriter.drain``)."""
-        if not self._lost and self._writable is not None:
-            await self._writable
-        if self._lost:
+        waiter = self._writable
+        if waiter is not None and self._lost_waiter is not _LOST:
+            await waiter
+        if self._lost_waiter is _LOST:
             raise ConnectionResetError("Connection lost")
 
     async def _wait_closed(self) -> None:
         """Wait until the connection is lost."""
-        if self._lost:
+        waiter = self._lost_waiter
+        if waiter is _LOST:
             return
-        if self._lost_waiter is None:
-            self._lost_waiter = self.loop.create_future()
-        await asyncio.shield(self._lost_waiter)
+        if waiter is None:
+            waiter = self._lost_waiter = self.loop.create_future()
+        assert isinstance(waiter, asyncio.Future)
+        await asyncio.shield(waiter)
 
     # -- Upstream's internals that code written for it uses -------------------------
 
@@ -1049,6 +1054,10 @@ def _serves_itself(server: SMTP) -> bool:
         type(server)._handle_client is _OWN_HANDLE_CLIENT
         and "_handle_client" not in server.__dict__
     )
+
+
+# SMTP._lost_waiter once the connection is lost.
+_LOST = object()
 
 
 def _wake(waiter: Optional[asyncio.Future[None]]) -> None:
