@@ -810,6 +810,9 @@ def main() -> int:
 
     if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
+    if (args.small_loop or args.go_on_stdin) and hasattr(os, "sched_setscheduler"):
+        # fairness: at normal priority, as its server (see server.py).
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     tls = ssl.create_default_context(cafile=args.starttls) if args.starttls else None
