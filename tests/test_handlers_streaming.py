@@ -38,6 +38,7 @@ from aiosmtpd.handlers import (
     StreamingProxy,
 )
 from aiosmtpd.smtp import SMTP, Envelope, MessageAborted, Session
+from tests._server import Recorder
 
 REPO = Path(__file__).resolve().parent.parent
 # Guards every wait against a hung test; nothing is timed.
@@ -543,17 +544,6 @@ def test_dot_stuffer_equals_smtplib_for_every_split(message: bytes) -> None:
             pieces = [message[:i], message[i:j], message[j:]]
             out = b"".join(stuffer.feed(p) for p in pieces) + stuffer.end()
             assert out == expected, (i, j)
-
-
-class Recorder:
-    """An upstream server's handler keeping every message whole."""
-
-    def __init__(self) -> None:
-        self.envelopes: list[Envelope] = []
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.envelopes.append(envelope)
-        return "250 OK"
 
 
 class Refusing(Recorder):
