@@ -209,9 +209,6 @@ def test_all_in_upstream_order() -> None:
         "Message",
         "AsyncMessage",
         "Mailbox",
-        # Not in 1.4.6, so after the upstream names.
-        "Maildir",
-        "StreamingProxy",
     ]
     assert "MessageBase" not in handlers.__all__
     assert issubclass(Message, handlers.MessageBase)

@@ -505,8 +505,10 @@ def test_maildir_from_cli(tmp_path: Path) -> None:
         Maildir.from_cli(parser, "a", "b")
 
 
-def test_streaming_handlers_in_all() -> None:
-    assert handlers.__all__[-2:] == ["Maildir", "StreamingProxy"]
+def test_streaming_handlers_are_importable_by_name_only() -> None:
+    # handlers.__all__ stays 1.4.6's (docs/handlers.rst).
+    assert "Maildir" not in handlers.__all__ and "StreamingProxy" not in handlers.__all__
+    assert handlers.Maildir is Maildir and handlers.StreamingProxy is StreamingProxy
     for cls in (Maildir, StreamingProxy):
         assert hasattr(cls, "handle_DATA_STREAM")
         assert not hasattr(cls, "handle_DATA")
