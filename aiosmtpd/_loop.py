@@ -1,9 +1,17 @@
-"""The event-loop selection rule shared by SMTP, AsyncMessage and the CLI."""
+"""Event-loop helpers: the loop selection rule shared by SMTP, AsyncMessage and
+the CLI, and waking a waiter."""
 
 from __future__ import annotations
 
 import asyncio
 import warnings
+from typing import Optional
+
+
+def wake(waiter: Optional[asyncio.Future[None]]) -> None:
+    """Complete ``waiter`` (a future someone may be waiting on), if pending."""
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 def get_or_new_eventloop() -> asyncio.AbstractEventLoop:

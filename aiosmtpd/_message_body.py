@@ -19,6 +19,7 @@ import logging
 from typing import Any, Callable, Optional
 
 from aiosmtpd._framing import BareLineEndings, unstuff
+from aiosmtpd._loop import wake
 
 __all__ = ["Incoming", "MessageAborted", "MessageBody"]
 
@@ -141,14 +142,11 @@ class MessageBody:
         self._make_room()
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        wake(self._waiter)
 
     def _make_room(self) -> None:
         room, self._room = self._room, None
-        if room is not None and not room.done():
-            room.set_result(None)
+        wake(room)
 
 
 # Hooks of aborted messages still running: the loop keeps only weak

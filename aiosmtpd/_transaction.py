@@ -538,8 +538,7 @@ async def _read_data(self: SMTP) -> DataReader:
     network allows: each wake-up scans everything received so far."""
     incoming = self._message
     assert incoming is not None
-    keep = incoming.pieces is not None or incoming.body is not None
-    reader = DataReader(self.data_size_limit, self.line_length_limit, keep=keep)
+    reader = DataReader(self.data_size_limit, self.line_length_limit, keep=not incoming.unseen)
     pieces = reader.pieces
     receiver = self._receiver
     receiver.begin_message(reader)

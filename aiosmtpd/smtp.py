@@ -87,7 +87,7 @@ from aiosmtpd._inline import (
     engine_class,
     runs_commands_inline,
 )
-from aiosmtpd._loop import get_or_new_eventloop
+from aiosmtpd._loop import get_or_new_eventloop, wake
 from aiosmtpd._message_body import (
     CLOSED_BY_SERVER,
     CONNECTION_LOST,
@@ -599,9 +599,9 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         if self._original_transport is not None:
             self._original_transport.close()
         super().connection_lost(exc)
-        _wake(self._writable)
+        wake(self._writable)
         if isinstance(self._lost_waiter, asyncio.Future):
-            _wake(self._lost_waiter)
+            wake(self._lost_waiter)
         self._writable, self._lost_waiter = None, _LOST
         self._stop_commands()
         self._abandon_message(CONNECTION_LOST)  # BDAT chunks that had no LAST
@@ -809,7 +809,7 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        _wake(self._writable)
+        wake(self._writable)
         self._writable = None
 
     async def _drain(self) -> None:
@@ -869,9 +869,7 @@ class SMTP(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         self._writer_view = view
 
     def _wake_reader(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        wake(self._waiter)
 
     async def _push_lines(self, lines: Sequence[Union[str, bytes]]) -> None:
         """Push several reply lines with one transport write: a multi-line
@@ -1058,11 +1056,6 @@ def _serves_itself(server: SMTP) -> bool:
 
 # SMTP._lost_waiter once the connection is lost.
 _LOST = object()
-
-
-def _wake(waiter: Optional[asyncio.Future[None]]) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
 
 
 def _checked_timeout(name: str, value: Optional[float]) -> Optional[float]:

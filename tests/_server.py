@@ -293,6 +293,16 @@ class Recorder:
 
 ServerFactory = Callable[..., Server]
 
+MAIL = "MAIL FROM:<a@example.com>"
+RCPT = "RCPT TO:<b@example.com>"
+
+
+def esmtp_transaction(c: RawClient, mail: str = MAIL) -> None:
+    """EHLO, then MAIL and RCPT, each accepted: ready for DATA or BDAT."""
+    c.multi("EHLO c")
+    assert c.cmd(mail) == "250 OK"
+    assert c.cmd(RCPT) == "250 OK"
+
 
 @contextlib.contextmanager
 def serving(

@@ -13,20 +13,13 @@ from hypothesis import strategies as st
 
 from aiosmtpd._framing import parse_bdat
 from tests._exim import Exim
-from tests._server import Recorder, ServerFactory
+from tests._server import MAIL, RCPT, Recorder, ServerFactory
+from tests._server import esmtp_transaction as transaction
 from tests._wire import Wire
 
 pytestmark = pytest.mark.timeout(30)
 
-MAIL = "MAIL FROM:<a@example.com>"
-RCPT = "RCPT TO:<b@example.com>"
 NEED_MAIL = "503 Error: need MAIL command"
-
-
-def transaction(c: Any, mail: str = MAIL) -> None:
-    c.multi("EHLO c")
-    assert c.cmd(mail) == "250 OK"
-    assert c.cmd(RCPT) == "250 OK"
 
 
 def test_off_by_default(start: ServerFactory) -> None:

@@ -208,9 +208,7 @@ def test_metrics_of_refusals_and_timeouts(start: Any, lt: LoopThread) -> None:
     server = start(operations=ops, data_timeout=0.2)
     with server.client() as c:
         assert refused(server.port) == TOO_MANY_CONNECTIONS
-        c.cmd("HELO a")
-        c.cmd("MAIL FROM:<a@example.com>")
-        c.cmd("RCPT TO:<b@example.com>")
+        in_transaction(c)
         c.cmd("DATA")
         assert c.text() == DATA_TOO_SLOW
         assert c.is_closed()
@@ -235,9 +233,7 @@ def test_data_timeout_bounds_the_whole_data_phase(start: Any) -> None:
     handler = Counting()
     server = start(handler, data_timeout=0.3, timeout=30)
     with server.client() as c:
-        c.cmd("HELO a")
-        c.cmd("MAIL FROM:<a@example.com>")
-        c.cmd("RCPT TO:<b@example.com>")
+        in_transaction(c)
         assert c.cmd("DATA").startswith("354")
         # A client that keeps sending lines is not idle, but the phase ends.
         lines = 0
@@ -265,9 +261,7 @@ def test_data_timeout_is_cancelled_after_data(start: Any, lt: LoopThread) -> Non
     ops = Operations(metrics=True)
     server = start(Counting(), data_timeout=0.2, operations=ops)
     with server.client() as c:
-        c.cmd("HELO a")
-        c.cmd("MAIL FROM:<a@example.com>")
-        c.cmd("RCPT TO:<b@example.com>")
+        in_transaction(c)
         c.cmd("DATA")
         c.send(b"hi\r\n.\r\n")
         assert c.text() == "250 OK"
@@ -329,9 +323,7 @@ def test_session_timeout_waits_for_the_delivery(start: Any, lt: LoopThread) -> N
     handler = Slow(lt)
     server = start(handler, session_timeout=0.3, timeout=30)
     with server.client() as c:
-        c.cmd("HELO a")
-        c.cmd("MAIL FROM:<a@example.com>")
-        c.cmd("RCPT TO:<b@example.com>")
+        in_transaction(c)
         c.cmd("DATA")
         c.send(b"hi\r\n.\r\n")
         # The deadline passes while the handler delivers: it is not cut.

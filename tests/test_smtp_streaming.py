@@ -16,12 +16,11 @@ from hypothesis import strategies as st
 from aiosmtpd._message_body import QUEUE_HIGH, MessageBody
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, MessageAborted, Session
-from tests._server import LoopThread, Recorder, ServerFactory, serving
+from tests._server import MAIL, RCPT, LoopThread, Recorder, ServerFactory, serving
+from tests._server import esmtp_transaction as transaction
 
 pytestmark = pytest.mark.timeout(60)
 
-MAIL = "MAIL FROM:<a@example.com>"
-RCPT = "RCPT TO:<b@example.com>"
 WAIT = 20  # seconds; a safety net, never a synchronisation
 
 
@@ -62,12 +61,6 @@ class Streamer:
             self.ended.set()
         self.messages.append(b"".join(parts))
         return self.reply
-
-
-def transaction(c: Any) -> None:
-    c.multi("EHLO c")
-    assert c.cmd(MAIL) == "250 OK"
-    assert c.cmd(RCPT) == "250 OK"
 
 
 def send_data(c: Any, message: bytes) -> str:
