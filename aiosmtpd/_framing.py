@@ -26,7 +26,6 @@ __all__ = [
     "DataError",
     "DataReader",
     "find_long_line",
-    "has_bare_cr_or_lf",
     "unstuff",
 ]
 
@@ -96,16 +95,10 @@ def unstuff(content: bytes) -> bytes:
     return content.replace(b"\r\n.", b"\r\n")
 
 
-def has_bare_cr_or_lf(content: bytes) -> bool:
-    """True if ``content`` has a CR not followed by LF or an LF not after CR."""
-    crlf = content.count(b"\r\n")
-    return content.count(b"\r") != crlf or content.count(b"\n") != crlf
-
-
 class BareLineEndings:
-    """:func:`has_bare_cr_or_lf` over a message that comes in pieces cut
-    anywhere (a CR at the end of one piece may pair with an LF starting the
-    next)."""
+    """Whether a message has a CR not followed by LF or an LF not after a
+    CR, over pieces cut anywhere (a CR at the end of one piece may pair
+    with an LF starting the next)."""
 
     __slots__ = ("found", "_cr")
 

@@ -19,7 +19,6 @@ from aiosmtpd._framing import (
     DataError,
     DataReader,
     find_long_line,
-    has_bare_cr_or_lf,
     unstuff,
 )
 from tests._hostile import SMUGGLING_ENDS
@@ -75,6 +74,13 @@ def ref_find_long_line(buf: bytes, line_limit: int) -> Optional[int]:
         if i + 2 - pos > line_limit:
             return pos
         pos = i + 2
+
+
+def has_bare_cr_or_lf(content: bytes) -> bool:
+    """BareLineEndings over the whole content at once."""
+    check = BareLineEndings()
+    check.feed(content)
+    return check.finish()
 
 
 def ref_bare(content: bytes) -> bool:
