@@ -326,23 +326,12 @@ def _answer_lines(self: SMTP) -> None:
                 self._resume_reading()
             return
         turn -= 1
-        more = bool(receiver.buf) and receiver.has_line(limit)
-        if more and self._cork is None:
+        if self._cork is None and receiver.buf and receiver.has_line(limit):
             # Pipelined: more lines wait behind this one.  Their replies
             # go out together when no complete line is left (_flush).
             self._cork = []
         # None: TOO_LONG, a line that was too long and has been dropped.
         self._drive(self._process_line(line if isinstance(line, bytes) else None))
-        if not more:
-            # No complete line was left, and a command only ever takes
-            # bytes: nothing to answer until the next read.
-            if self._run is IDLE:
-                transport = self.transport
-                if transport is None or transport.is_closing():
-                    self._to(CLOSED)  # QUIT, say: served to the end
-                elif self._reading_paused:
-                    self._resume_reading()
-            return
 
 
 def _next_turn(self: SMTP) -> None:

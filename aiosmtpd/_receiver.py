@@ -127,6 +127,8 @@ class Receiver:
         than ``limit`` has been dropped (however long it is, it is never
         kept); None until more bytes arrive."""
         buf = self.buf
+        if not buf:
+            return None  # the common case after a command: nothing pipelined
         if not self._dropping:
             i = buf.find(b"\n", 0, limit + 1) + 1
             if i:
